@@ -1,0 +1,5 @@
+import sys
+
+from edufilter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""edufilter service."""

@@ -1,0 +1,148 @@
+"""The answer cache: every annotator answer, appended as it arrives.
+
+One JSONL file (``answers.jsonl`` inside the ``--cache`` folder). Each line
+is one answer keyed by ``(prompt_version, model, text_hash)`` where
+``text_hash = edufilter.documents.content_hash(document_text)``. A line is
+written and flushed the moment its answer arrives, so killing a run loses at
+most the answers still in flight; a torn last line (the process died mid
+write) is skipped with a warning when the file is read back. A later line
+for the same key wins.
+
+The cache stores the *raw* answer and parses it when labels are built, so a
+parser fix never needs the LLM again. Unparseable answers are cached too
+(asking again at temperature 0 would give the same answer); transport
+failures are not (a rerun retries them).
+
+Stable API (the offline demo records its annotations with it)::
+
+    from edufilter.labelling.cache import AnswerCache, prompt_version, render_response
+    cache = AnswerCache("labels-cache/")          # a folder, or a path ending in .jsonl
+    cache.put(prompt_version("web"), "my-llm", content_hash(text), render_response("why", 3))
+    entry = cache.get(prompt_version("web"), "my-llm", content_hash(text))   # CachedAnswer | None
+    entry.raw_response
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from edufilter.documents import content_hash
+from edufilter.labelling.prompts import prompt_version, render_response
+
+__all__ = ["AnswerCache", "CachedAnswer", "content_hash", "prompt_version", "render_response", "CACHE_FILE_NAME"]
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE_NAME = "answers.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    prompt_version: str
+    model: str
+    text_hash: str
+    raw_response: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created: float = 0.0  # unix time the answer arrived
+    extra: dict = field(default_factory=dict)  # e.g. the endpoint that answered
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.prompt_version, self.model, self.text_hash)
+
+
+class AnswerCache:
+    """Append-only JSONL answer store with an in-memory index; one writer process at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        self.path = path if path.suffix == ".jsonl" else path / CACHE_FILE_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._index: dict[tuple[str, str, str], CachedAnswer] = {}
+        self._lock = threading.Lock()
+        self.torn_lines = 0
+        if self.path.exists():
+            self._load()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _load(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                entry = CachedAnswer(**record)
+            except (ValueError, TypeError) as exc:
+                self.torn_lines += 1
+                log.warning("answer cache %s line %d is unreadable (%s); ignoring it", self.path, number, exc)
+                continue
+            self._index[entry.key] = entry
+        if data and not data.endswith(b"\n"):
+            # A run died mid-line: end the torn line so the next append starts on a fresh one.
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: tuple[str, str, str]) -> bool:
+        return key in self._index
+
+    def __iter__(self) -> Iterator[CachedAnswer]:
+        return iter(list(self._index.values()))
+
+    def get(self, prompt_version: str, model: str, text_hash: str) -> CachedAnswer | None:
+        return self._index.get((prompt_version, model, text_hash))
+
+    def put(
+        self,
+        prompt_version: str,
+        model: str,
+        text_hash: str,
+        raw_response: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        extra: dict | None = None,
+    ) -> CachedAnswer:
+        """Record one answer: appended and flushed before this returns."""
+        entry = CachedAnswer(
+            prompt_version=prompt_version,
+            model=model,
+            text_hash=text_hash,
+            raw_response=raw_response,
+            prompt_tokens=int(prompt_tokens),
+            completion_tokens=int(completion_tokens),
+            created=time.time(),
+            extra=dict(extra or {}),
+        )
+        line = json.dumps(asdict(entry), ensure_ascii=False) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            self._index[entry.key] = entry
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+
+    def __enter__(self) -> "AnswerCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

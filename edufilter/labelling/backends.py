@@ -1,0 +1,342 @@
+"""Annotator backends: an OpenAI-compatible HTTP endpoint, a local
+transformers chat model, and replay of recorded answers.
+
+Every backend takes the same `LabelRequest`s (chat messages already built by
+`prompts.build_messages`, so truncation is identical everywhere) and reports
+each outcome through `on_answer` as soon as it has it; the caller stores it
+in the answer cache right away. `should_stop()` is checked before each new
+request (or batch) so a token budget stops the run cleanly: what is in
+flight finishes and is kept, nothing new is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol, Sequence
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV_VARS = ("EDUFILTER_LLM_API_KEY", "OPENAI_API_KEY")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRequest:
+    text_hash: str
+    doc_ref: str  # how to name the document in errors: "id (shard:row)"
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One backend outcome: a raw answer, or a failure reason when none could be had."""
+
+    request: LabelRequest
+    raw_response: str | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failure: str = ""  # timeout, http-500, http-429, malformed-response, connection-error, ...
+    detail: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failure
+
+
+OnAnswer = Callable[[Answer], None]
+ShouldStop = Callable[[], bool]
+
+
+class Backend(Protocol):
+    annotator: str  # the model name stamped on every label and part of the cache key
+
+    def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None: ...
+
+
+class EndpointError(RuntimeError):
+    """The endpoint refuses every request (bad key, wrong URL or model): stop instead of failing each document."""
+
+
+class ReplayMissError(LookupError):
+    """Replay was asked for documents that have no recorded answer."""
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible HTTP
+
+
+def chat_completions_url(endpoint: str) -> str:
+    """Accept `http://host:8000`, `http://host:8000/v1` or the full `/v1/chat/completions` URL."""
+    url = endpoint.rstrip("/")
+    if url.endswith("/chat/completions"):
+        return url
+    if url.endswith("/v1"):
+        return url + "/chat/completions"
+    return url + "/v1/chat/completions"
+
+
+def api_key_from_env(env_var: str | None = None) -> str | None:
+    names = (env_var,) if env_var else API_KEY_ENV_VARS
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    endpoints: tuple[str, ...]  # one or more replicas; requests are spread round-robin
+    model: str
+    api_key: str | None = None
+    concurrency: int = 16
+    timeout_s: float = 120.0  # whole request, connect to last byte
+    max_retries: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_tokens: int = 300  # generation limit per answer
+    temperature: float = 0.0
+
+    def __post_init__(self):
+        if not self.endpoints:
+            raise ValueError("the openai backend needs at least one --endpoint URL")
+        if not self.model:
+            raise ValueError("the openai backend needs --model (the model name the endpoint serves)")
+        if self.concurrency < 1:
+            raise ValueError(f"--concurrency must be >= 1, got {self.concurrency}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"--timeout must be > 0, got {self.timeout_s}")
+        if self.max_retries < 0:
+            raise ValueError(f"--max-retries must be >= 0, got {self.max_retries}")
+
+
+class OpenAIBackend:
+    """Async client for `/v1/chat/completions` with bounded concurrency, timeouts and retries."""
+
+    RETRY_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
+    FATAL_STATUSES = frozenset({401, 403, 404})
+
+    def __init__(self, config: OpenAIConfig):
+        self.config = config
+        self.annotator = config.model
+        self.urls = [chat_completions_url(e) for e in config.endpoints]
+        self._headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self.retries = 0  # requests sent again after a retryable failure
+
+    def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
+        asyncio.run(self.arun(requests, on_answer, should_stop))
+
+    async def arun(self, requests: Iterable[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
+        import httpx
+
+        cfg = self.config
+        pending = iter(requests)
+        url_cycle = itertools.cycle(self.urls)
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(cfg.timeout_s), limits=limits) as client:
+
+            async def worker() -> None:
+                # A pull loop per worker (not one task per document) keeps memory flat for 100k documents.
+                while not should_stop():
+                    request = next(pending, None)
+                    if request is None:
+                        return
+                    on_answer(await self.ask(client, request, next(url_cycle)))
+
+            async with asyncio.TaskGroup() as group:
+                for _ in range(cfg.concurrency):
+                    group.create_task(worker())
+
+    def request_body(self, request: LabelRequest) -> dict:
+        return {
+            "model": self.config.model,
+            "messages": request.messages,
+            "temperature": self.config.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+
+    async def ask(self, client, request: LabelRequest, url: str) -> Answer:
+        """One document: send, retry what is worth retrying, and return an answer or the last failure."""
+        import httpx
+
+        cfg = self.config
+        body = self.request_body(request)
+        failure, detail = "", ""
+        for attempt in range(cfg.max_retries + 1):
+            retry_after = None
+            try:
+                async with asyncio.timeout(cfg.timeout_s):
+                    response = await client.post(url, json=body, headers=self._headers)
+            except (TimeoutError, httpx.TimeoutException):
+                failure, detail = "timeout", f"no answer within {cfg.timeout_s:g}s from {url}"
+            except httpx.TransportError as exc:
+                failure, detail = "connection-error", f"{type(exc).__name__}: {exc} ({url})"
+            else:
+                status = response.status_code
+                if status == 200:
+                    answer = self._read_completion(request, response, url)
+                    if answer.ok:
+                        return answer
+                    failure, detail = answer.failure, answer.detail
+                elif status in self.FATAL_STATUSES:
+                    raise EndpointError(
+                        f"{url} answered HTTP {status} for model {cfg.model!r}: {response.text[:300]!r} "
+                        f"(check --endpoint, --model and the API key in ${'/$'.join(API_KEY_ENV_VARS)})"
+                    )
+                elif status in self.RETRY_STATUSES:
+                    failure, detail = f"http-{status}", response.text[:300]
+                    retry_after = parse_retry_after(response.headers.get("retry-after"))
+                else:  # 400 and the like: this document's request is wrong; asking again would not help
+                    return Answer(request, None, failure=f"http-{status}", detail=response.text[:300])
+            if attempt == cfg.max_retries:
+                break
+            self.retries += 1
+            await asyncio.sleep(self._delay(attempt, retry_after))
+        log.debug("giving up on %s after %d attempts: %s %s", request.doc_ref, cfg.max_retries + 1, failure, detail)
+        return Answer(request, None, failure=failure, detail=detail)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            # The server said when; add a little jitter so all workers do not return in the same millisecond.
+            return min(retry_after, self.config.backoff_max_s) + random.uniform(0, 0.1 * max(retry_after, 0.1))
+        # Exponential backoff with full jitter (spreads retries of many workers evenly).
+        return random.uniform(0, min(self.config.backoff_max_s, self.config.backoff_base_s * 2**attempt))
+
+    @staticmethod
+    def _read_completion(request: LabelRequest, response, url: str) -> Answer:
+        try:
+            data = response.json()
+            content = data["choices"][0]["message"].get("content") or ""
+            usage = data.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            completion_tokens = int(usage.get("completion_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return Answer(request, None, failure="malformed-response", detail=f"{exc!r}: {response.text[:200]!r}")
+        if not isinstance(content, str):
+            return Answer(request, None, failure="malformed-response", detail=f"content is {type(content).__name__}")
+        return Answer(request, content, prompt_tokens, completion_tokens, extra={"endpoint": url})
+
+
+# --------------------------------------------------------------------------- local transformers model
+
+
+@dataclass(frozen=True)
+class TransformersConfig:
+    model_dir: str
+    model_name: str | None = None  # annotator name; defaults to the folder name
+    batch_size: int = 8
+    max_new_tokens: int = 300
+    device: str | None = None  # "cuda", "cpu"; default: cuda when available
+
+    def __post_init__(self):
+        if not os.path.isdir(self.model_dir):
+            raise ValueError(f"--model-path {self.model_dir!r} is not a folder with a transformers chat model")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+
+class TransformersBackend:
+    """A local chat model: batched greedy generation through the model's own chat template."""
+
+    def __init__(self, config: TransformersConfig):
+        self.config = config
+        self.annotator = config.model_name or os.path.basename(os.path.normpath(config.model_dir))
+        self._model = None
+        self._tokenizer = None
+
+    def setup(self) -> None:
+        """Load the model once, on first use (not at construction)."""
+        if self._model is not None:
+            return
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = AutoTokenizer.from_pretrained(self.config.model_dir)
+        if tokenizer.chat_template is None:
+            raise ValueError(f"the tokenizer in {self.config.model_dir} has no chat template")
+        tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.config.model_dir, dtype=dtype).to(device).eval()
+        self._model, self._tokenizer, self._device = model, tokenizer, device
+        log.info("loaded %s on %s", self.config.model_dir, device)
+
+    def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
+        import torch
+
+        self.setup()
+        tok, model = self._tokenizer, self._model
+        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+        # Similar lengths in one batch waste less compute on padding.
+        order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), self.config.batch_size):
+            if should_stop():
+                return
+            batch = order[start : start + self.config.batch_size]
+            enc = tok([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(self._device) for k, v in enc.items()}
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=self.config.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tok.pad_token_id,
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, T_new)
+            texts = tok.batch_decode(new_tokens, skip_special_tokens=True)
+            prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()
+            for row, i in enumerate(batch):
+                generated = new_tokens[row].tolist()
+                if tok.eos_token_id in generated:
+                    generated = generated[: generated.index(tok.eos_token_id) + 1]
+                on_answer(Answer(requests[i], texts[row].strip(), int(prompt_lengths[row]), len(generated)))
+
+
+# --------------------------------------------------------------------------- replay
+
+
+class ReplayBackend:
+    """Answers only from the cache. Anything that reaches it is a miss, so it fails naming the documents."""
+
+    def __init__(self, model: str):
+        if not model:
+            raise ValueError("the replay backend needs --model: the annotator whose recorded answers to replay")
+        self.annotator = model
+
+    def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
+        if not requests:
+            return
+        shown = ", ".join(r.doc_ref for r in requests[:5])
+        more = f" and {len(requests) - 5} more" if len(requests) > 5 else ""
+        raise ReplayMissError(
+            f"replay: no recorded answer from model {self.annotator!r} for {len(requests)} document(s): "
+            f"{shown}{more} (text hash {requests[0].text_hash[:16]}...); record them with the openai or "
+            f"transformers backend into the same --cache first"
+        )

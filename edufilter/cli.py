@@ -55,7 +55,11 @@ def resolve(command: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    # Everything after the command name belongs to the command's own parser: split there, since
+    # argparse's REMAINDER refuses a remainder that starts with an option (`pretrain --corpus ...`).
+    split = next((i for i, arg in enumerate(argv) if arg in COMMANDS), len(argv))
+    args = build_parser().parse_args(argv[: split + 1])
+    args.args = list(argv[split + 1 :])
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

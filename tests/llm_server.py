@@ -16,8 +16,10 @@ document text, so one run can mix behaviours:
     [[body=malformed]]    answer 200 with a body that is not JSON
     [[body=unparseable]]  answer well-formed JSON whose text has no score line
 
-`server.requests` counts requests per document (content hash of the user
-message), `server.total` all requests.
+`server.delay` (seconds) delays every answer. `server.requests` counts
+requests per document (sha256 of the document text between the prompt's
+<document> tags, which is `content_hash(text)` for untruncated documents),
+`server.total` all requests.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ChatServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None):
         self.host, self.port = host, port
         self.api_key = api_key
+        self.delay = 0.0
         self.requests: Counter = Counter()  # user-message hash -> requests received
         self.total = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,6 +70,10 @@ class ChatServer:
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(self._close())
+        tasks = asyncio.all_tasks(self._loop)  # connections still open (keep-alive clients)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self._loop.close()
 
     async def _open(self) -> None:
@@ -136,13 +143,14 @@ class ChatServer:
         self.total += 1
         request = json.loads(body)
         user = request["messages"][-1]["content"]
-        key = hashlib.sha256(user.encode()).hexdigest()
-        self.requests[key] += 1
         match = DOCUMENT.search(user)
         document = match.group(1) if match else user
+        key = hashlib.sha256(document.encode()).hexdigest()
+        self.requests[key] += 1
         directives = dict(DIRECTIVE.findall(document))
-        if "delay" in directives:
-            await asyncio.sleep(float(directives["delay"]))
+        delay = float(directives.get("delay", self.delay))
+        if delay:
+            await asyncio.sleep(delay)
         failing = "times" not in directives or self.requests[key] <= int(directives["times"])
         if "status" in directives and failing:
             extra = {"Retry-After": directives["retry_after"]} if "retry_after" in directives else {}

@@ -167,9 +167,13 @@ class OpenAIBackend:
                         return
                     on_answer(await self.ask(client, request, next(url_cycle)))
 
-            async with asyncio.TaskGroup() as group:
-                for _ in range(cfg.concurrency):
-                    group.create_task(worker())
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(cfg.concurrency):
+                        group.create_task(worker())
+            except ExceptionGroup as errors:
+                # One worker hit a fatal error (e.g. EndpointError) and the others were cancelled: raise it as is.
+                raise errors.exceptions[0] from None
 
     def request_body(self, request: LabelRequest) -> dict:
         return {

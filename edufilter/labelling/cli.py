@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     backend.add_argument("--max-retries", type=int, default=6,
                          help="openai: retries on 429/5xx/timeouts/malformed answers (exponential backoff, jitter, "
                          "Retry-After honoured)")
+    backend.add_argument("--backoff-base", type=float, default=1.0,
+                         help="openai: the n-th retry waits a random time up to this many seconds x 2^n (max 60s)")
     backend.add_argument("--max-new-tokens", type=int, default=300, help="generation limit per answer")
     backend.add_argument("--temperature", type=float, default=0.0, help="openai: sampling temperature")
     backend.add_argument("--max-tokens-budget", type=int,
@@ -192,6 +194,7 @@ def make_backend(args: argparse.Namespace, cmd: LabelCommand):
         concurrency=args.concurrency,
         timeout_s=args.timeout,
         max_retries=args.max_retries,
+        backoff_base_s=args.backoff_base,
         max_tokens=args.max_new_tokens,
         temperature=args.temperature,
     )

@@ -63,29 +63,22 @@ class SampleStats:
 
 
 def allocate(sizes: dict[str, int], limit: int) -> dict[str, int]:
-    """Split `limit` over strata proportionally to `sizes`, >= 1 each when possible, never above a size."""
+    """Split `limit` over strata proportionally to `sizes` (largest remainder), >= 1 each when the limit allows."""
     total = sum(sizes.values())
     if limit >= total:
         return dict(sizes)
     strata = sorted(sizes)
-    quotas = {s: 0 for s in strata}
+    exact = {s: limit * sizes[s] / total for s in strata}
+    quotas = {s: int(exact[s]) for s in strata}
+    leftover = limit - sum(quotas.values())
+    for s in sorted(strata, key=lambda s: (-(exact[s] - quotas[s]), -sizes[s], s))[:leftover]:
+        quotas[s] += 1
     if limit >= len(strata):
-        quotas = {s: 1 for s in strata}
-    remaining = limit - sum(quotas.values())
-    capacity = {s: sizes[s] - quotas[s] for s in strata}
-    cap_total = sum(capacity.values())
-    if remaining > 0 and cap_total > 0:
-        exact = {s: remaining * capacity[s] / cap_total for s in strata}
-        for s in strata:
-            quotas[s] += int(exact[s])
-        leftover = limit - sum(quotas.values())
-        by_remainder = sorted(strata, key=lambda s: (-(exact[s] - int(exact[s])), -sizes[s], s))
-        for s in by_remainder:
-            if leftover <= 0:
-                break
-            if quotas[s] < sizes[s]:
-                quotas[s] += 1
-                leftover -= 1
+        # A rare stratum still gets one document, taken from the stratum with the largest quota.
+        for s in (s for s in strata if quotas[s] == 0 and sizes[s] > 0):
+            donor = max(strata, key=lambda d: (quotas[d], d))
+            quotas[donor] -= 1
+            quotas[s] = 1
     return quotas
 
 

@@ -1,0 +1,1 @@
+"""One router per resource: scoring, models, health/metrics, the page."""

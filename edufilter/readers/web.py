@@ -9,8 +9,7 @@ from typing import Any, ClassVar, Iterator
 
 from edufilter.documents import BadDocument
 from edufilter.extract import decode_html, extract_html
-from edufilter.readers.base import (Reader, ReadResult, ShardError, open_maybe_gzip, read_bounded, require_file,
-                                    shard_name)
+from edufilter.readers.base import Reader, ReadResult, ShardError, open_maybe_gzip, read_bounded, shard_name
 
 HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -84,16 +83,26 @@ class WarcReader(Reader):
         path = os.fspath(path)
         base = shard_name(path)
         row = -1
-        require_file(path)
-        with open(path, "rb") as stream:  # warcio gunzips record by record itself
+        # We gunzip ourselves: warcio reads a truncated gzip member as a short, silent end of file,
+        # while Python's gzip raises, which `_EndWatch` turns into a loud ShardError below.
+        with open_maybe_gzip(path) as raw:
+            stream = _EndWatch(raw)
             try:
                 for record in ArchiveIterator(stream):
                     row += 1
                     result = self._record(record, path, base, row)
+                    if stream.truncated:
+                        break
                     if result is not None:
                         yield result
-            except (ArchiveLoadFailed, OSError, EOFError, ValueError) as err:
-                raise ShardError(path, f"unreadable WARC record ({err})", row=row + 1) from err
+            except ShardError:
+                raise
+            except Exception as err:  # warcio fails on garbage with assorted exception types
+                raise ShardError(path, f"unreadable WARC data ({type(err).__name__}: {err})", row=row + 1) from err
+            if stream.truncated:
+                # gzip discards the last partial block, so the records in it are lost with the error.
+                raise ShardError(path, f"truncated: the gzip stream ends before its end marker "
+                                       f"({max(row, 0)} complete records read before the damaged block)")
 
     def _record(self, record, path: str, base: str, row: int) -> ReadResult | None:
         if record.rec_type not in ("response", "resource", "conversion"):
@@ -113,6 +122,9 @@ class WarcReader(Reader):
         metadata["content_type"] = content_type
         mime = content_type.split(";")[0].strip().lower()
         data, truncated = read_bounded(record.content_stream(), self.max_bytes)
+        if not truncated and getattr(record.raw_stream, "limit", 0) > 0:
+            # the payload ended before its declared Content-Length: the file was cut inside this record
+            raise ShardError(path, "the file ends inside this record (truncated)", row=row)
         if truncated:
             return BadDocument(path, row, "too-large", f"record payload over max_bytes={self.max_bytes:,} ({url})")
         if record.rec_type == "conversion" and mime == "text/plain":  # WET: text already extracted
@@ -121,6 +133,31 @@ class WarcReader(Reader):
         if mime not in HTML_CONTENT_TYPES:
             return BadDocument(path, row, "not-html", f"{record.rec_type} record of type {mime or 'unknown'} ({url})")
         return html_document(self, path, row, doc_id, data, url, _charset(content_type), metadata)
+
+
+class _EndWatch:
+    """File proxy for warcio that remembers a premature end of a gzip stream instead of hiding it."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.truncated = False
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.stream.read(size)
+        except EOFError:  # "Compressed file ended before the end-of-stream marker was reached"
+            self.truncated = True
+            return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        try:
+            return self.stream.readline(size)
+        except EOFError:
+            self.truncated = True
+            return b""
+
+    def tell(self) -> int:
+        return self.stream.tell()
 
 
 def _charset(content_type: str) -> str | None:

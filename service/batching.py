@@ -104,6 +104,8 @@ class MicroBatcher:
             while not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            # Let requests whose bodies already arrived reach the queue before taking a batch.
+            await asyncio.sleep(0)
             deadline = loop.time() + self._max_wait_s
             while self._pending_documents < self._max_documents:
                 remaining = deadline - loop.time()

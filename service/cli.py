@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max-documents", type=int, default=None,
                    help="micro-batch: score at most this many documents together (default 64)")
     p.add_argument("--batch-max-wait-ms", type=float, default=None,
-                   help="micro-batch: wait at most this long for a batch to fill (default 2)")
+                   help="micro-batch: wait at most this long for a batch to fill (default 0: take what queued while "
+                   "the previous batch was scored)")
     p.add_argument("--scoring-threads", type=int, default=None, help="threads scoring off the event loop (default 1)")
     p.add_argument("--graceful-shutdown-s", type=float, default=None,
                    help="at shutdown, how long in-flight requests may still take (default 30)")

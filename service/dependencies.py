@@ -1,4 +1,7 @@
-"""Typed dependencies the routers declare; tests can swap them with `app.dependency_overrides`."""
+"""Typed dependencies the routers declare; tests can swap them with `app.dependency_overrides`.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+dependency per request that cost more than the scoring of a short document."""
 
 from __future__ import annotations
 
@@ -14,19 +17,19 @@ from service.registry import ModelRegistry
 from service.settings import ServiceSettings
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_key_digests(request: Request) -> tuple[bytes, ...]:
+async def get_key_digests(request: Request) -> tuple[bytes, ...]:
     return request.app.state.api_key_digests
 
 
@@ -50,7 +53,7 @@ def key_matches(presented: str, digests: tuple[bytes, ...]) -> bool:
     return matched
 
 
-def require_api_key(
+async def require_api_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     digests: Annotated[tuple[bytes, ...], Depends(get_key_digests)],
 ) -> None:

@@ -39,10 +39,12 @@ class ServiceSettings(BaseSettings):
     max_request_bytes: int = Field(16_000_000, ge=1)
     explain_max_terms: int = Field(50, ge=1)
 
-    # Micro-batching: concurrent requests for one model are scored together,
-    # up to this many documents or after waiting this long for more.
+    # Micro-batching: concurrent requests for one model are scored together, up to this many
+    # documents or after waiting this long for more. With 0 ms a batch is whatever queued up
+    # while the previous batch was being scored (continuous batching): no added latency when
+    # idle, large batches under load. A few ms help when requests trickle in one at a time.
     batch_max_documents: int = Field(64, ge=1)
-    batch_max_wait_ms: float = Field(2.0, ge=0.0)
+    batch_max_wait_ms: float = Field(0.0, ge=0.0)
     scoring_threads: int = Field(1, ge=1, description="threads running CPU-bound scoring off the event loop")
 
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="how long in-flight requests may take at shutdown")

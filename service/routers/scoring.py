@@ -63,9 +63,12 @@ async def score_grouped(
     for index, document in enumerate(documents):
         by_domain[registry.resolve(document.domain or default_domain).domain].append(index)
     domains = list(by_domain)
-    results = await asyncio.gather(
-        *(registry.score(domain, [documents[i].text for i in by_domain[domain]]) for domain in domains)
-    )
+    if len(domains) == 1:  # the common case: no gather, no extra tasks
+        results = [await registry.score(domains[0], [document.text for document in documents])]
+    else:
+        results = await asyncio.gather(
+            *(registry.score(domain, [documents[i].text for i in by_domain[domain]]) for domain in domains)
+        )
     answers: list[ScoredDocument | None] = [None] * len(documents)
     for domain, result in zip(domains, results):
         metrics.observe_scores(domain, result.score)

@@ -66,6 +66,7 @@ class ChatServer:
 
     def _run_thread(self) -> None:
         self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._open())
         self._ready.set()
         self._loop.run_forever()

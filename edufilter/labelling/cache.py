@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -127,7 +127,17 @@ class AnswerCache:
             created=time.time(),
             extra=dict(extra or {}),
         )
-        line = json.dumps(asdict(entry), ensure_ascii=False) + "\n"
+        record = {  # field by field: dataclasses.asdict deep-copies and costs more than the write itself
+            "prompt_version": prompt_version,
+            "model": model,
+            "text_hash": text_hash,
+            "raw_response": raw_response,
+            "prompt_tokens": entry.prompt_tokens,
+            "completion_tokens": entry.completion_tokens,
+            "created": entry.created,
+            "extra": entry.extra,
+        }
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()

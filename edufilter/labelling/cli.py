@@ -286,8 +286,6 @@ def _public_config(cmd: LabelCommand, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    # httpx logs every request at INFO: thousands of lines that drown the progress bar and summary.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if argv and argv[0] == "agree":
         from edufilter.labelling.agree import main as agree_main
 

@@ -20,7 +20,15 @@ import json
 import logging
 from typing import Sequence
 
-from edufilter.labelling.backends import Answer, LabelRequest, OnAnswer, OpenAIBackend, OpenAIConfig, ShouldStop
+from edufilter.labelling.backends import (
+    Answer,
+    LabelRequest,
+    OnAnswer,
+    OpenAIBackend,
+    OpenAIConfig,
+    ShouldStop,
+    fast_event_loop_factory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,7 @@ class ReplicaLabeller:
 
     def __init__(self, config: OpenAIConfig):
         self.backend = OpenAIBackend(config)
-        self.loop = asyncio.new_event_loop()
+        self.loop = (fast_event_loop_factory() or asyncio.new_event_loop)()
 
     def __call__(self, batch: dict) -> dict:
         return label_batch(batch, self.backend, self.loop)

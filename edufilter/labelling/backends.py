@@ -157,6 +157,9 @@ class OpenAIBackend:
         if config.api_key:
             self._headers["Authorization"] = f"Bearer {config.api_key}"
         self.retries = 0  # requests sent again after a retryable failure
+        self._encoded_messages: dict[tuple[str, str], bytes] = {}
+        head = {"model": config.model, "temperature": config.temperature, "max_tokens": config.max_tokens}
+        self._body_head = json.dumps(head)[:-1].encode("utf-8") + b', "messages": ['
 
     def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
         with asyncio.Runner(loop_factory=fast_event_loop_factory()) as runner:
@@ -192,14 +195,18 @@ class OpenAIBackend:
                 raise errors.exceptions[0] from None
 
     def request_body(self, request: LabelRequest) -> bytes:
-        return json.dumps(
-            {
-                "model": self.config.model,
-                "messages": request.messages,
-                "temperature": self.config.temperature,
-                "max_tokens": self.config.max_tokens,
-            }
-        ).encode("utf-8")
+        """The JSON body; the system prompt (the same ~2 KB for every document) is encoded once, not per request."""
+        parts = []
+        for message in request.messages:
+            cacheable = message["role"] == "system"
+            key = (message["role"], message["content"])
+            encoded = self._encoded_messages.get(key) if cacheable else None
+            if encoded is None:
+                encoded = json.dumps(message).encode("utf-8")
+                if cacheable and len(self._encoded_messages) < 64:
+                    self._encoded_messages[key] = encoded
+            parts.append(encoded)
+        return self._body_head + b", ".join(parts) + b"]}"
 
     async def ask(self, session, request: LabelRequest, url: str) -> Answer:
         """One document: send, retry what is worth retrying, and return an answer or the last failure."""

@@ -11,7 +11,7 @@ labels (pairs, includeSelectors: false), images (name, newName, newTag, digest; 
 `containers`/`initContainers` list at any depth, CRDs included), configMapGenerator and secretGenerator
 (literals; options disableNameSuffixHash, labels, annotations; kustomize's content-hash suffix and
 the name references to generated objects from pod specs of built-in workload kinds), replacements
-(source fieldPath -> target fieldPaths, dotted), patches (inline or file JSON6902, target by kind/name),
+(source fieldPath -> target fieldPaths, dotted, numeric list indices), patches (inline or file JSON6902, target by kind/name regex),
 and the `config.kubernetes.io/local-config` annotation. Anything else raises UnsupportedKustomization.
 
     python k8s/tools/kustomize.py k8s/overlays/prod     # prints the rendered YAML stream
@@ -23,6 +23,7 @@ import base64
 import copy
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,9 +230,10 @@ def _matches(resource: Resource, selector: dict) -> bool:
     unknown = set(selector) - {"kind", "name", "group", "version"}
     if unknown:
         raise UnsupportedKustomization(f"target selector field(s) {sorted(unknown)}")
-    if "kind" in selector and resource.get("kind") != selector["kind"]:
+    # Like kustomize, kind and name are regular expressions matched against the whole value.
+    if "kind" in selector and not re.fullmatch(selector["kind"], resource.get("kind", "")):
         return False
-    return "name" not in selector or resource.get("metadata", {}).get("name") == selector["name"]
+    return "name" not in selector or bool(re.fullmatch(selector["name"], resource.get("metadata", {}).get("name", "")))
 
 
 def _apply_patch(resources: list[Resource], patch: dict, folder: Path, kfile: Path) -> None:

@@ -27,13 +27,13 @@ own Posts.xml (~100 GB) should be split into files of whole threads first.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from edufilter.documents import BadDocument
@@ -43,47 +43,35 @@ from edufilter.readers.jsonl import iter_json_lines
 QUESTION, ANSWER = 1, 2
 
 
-class _PostBodyRenderer(HTMLParser):
-    """Post body HTML -> text the way the seed set has it: paragraphs and list items end a line,
-    <pre> blocks are fenced with ``` (their code kept verbatim), inline markup is dropped,
-    and source whitespace is otherwise kept (blockquote indentation survives)."""
-
-    LINE_ENDING_TAGS = frozenset({"p", "li", "h1", "h2", "h3", "h4", "h5", "h6", "div", "tr", "dt", "dd"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs) -> None:
-        if tag == "br":
-            self.parts.append("\n")
-        elif tag == "pre":
-            self.parts.append("\n```\n")
-
-    def handle_startendtag(self, tag: str, attrs) -> None:
-        self.handle_starttag(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.LINE_ENDING_TAGS:
-            self.parts.append("\n")
-        elif tag == "pre":
-            self.parts.append("\n```\n")
-        elif tag in ("td", "th"):
-            self.parts.append(" ")
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
-
-
+# Stack Exchange stores sanitised HTML (a literal "<" in text is always "&lt;"), so a tag scanner is
+# exact here and ~2x faster than html.parser (same output on every body of the shared dumps).
+_TAG = re.compile(r"<!--.*?-->|<(/?)([a-zA-Z][a-zA-Z0-9]*)(?:\s[^>]*)?/?>", re.DOTALL)
+_LINE_ENDING_TAGS = frozenset({"p", "li", "h1", "h2", "h3", "h4", "h5", "h6", "div", "tr", "dt", "dd"})
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 
-def post_html_to_text(html: str) -> str:
-    """A post body (HTML) as text that keeps code blocks (fenced with ```)."""
-    renderer = _PostBodyRenderer()
-    renderer.feed(html or "")
-    renderer.close()
-    return _BLANK_LINES.sub("\n\n", "".join(renderer.parts)).strip()
+def post_html_to_text(body: str) -> str:
+    """A post body (HTML) as text, the way the seed set has it: paragraphs, list items and headings
+    end a line, <br> breaks one, <pre> blocks are fenced with ``` (code kept verbatim), inline markup
+    is dropped, entities are decoded, source whitespace is otherwise kept, 3+ newlines become 2."""
+    body = body or ""
+    parts: list[str] = []
+    position = 0
+    for match in _TAG.finditer(body):
+        if match.start() > position:
+            parts.append(html.unescape(body[position:match.start()]))
+        position = match.end()
+        closing, tag = match.group(1), (match.group(2) or "").lower()
+        if tag == "br":
+            parts.append("\n")
+        elif tag == "pre":
+            parts.append("\n```\n")
+        elif closing and tag in _LINE_ENDING_TAGS:
+            parts.append("\n")
+        elif closing and tag in ("td", "th"):
+            parts.append(" ")
+    parts.append(html.unescape(body[position:]))
+    return _BLANK_LINES.sub("\n\n", "".join(parts)).strip()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from edufilter.documents import Document, content_hash
-from edufilter.labelling.backends import Answer, Backend, LabelRequest
+from edufilter.labelling.backends import Answer, Backend, LabelRequest, ReplayBackend
 from edufilter.labelling.cache import AnswerCache
 from edufilter.labelling.prompts import build_messages, parse_response, prompt_version
 
@@ -141,7 +141,8 @@ def label_documents(
     )
 
     failures: dict[str, Answer] = {}
-    bar = _progress_bar(len(requests), model, progress)
+    # Replay has nothing to show progress for: any request reaching it is a miss and fails at once.
+    bar = None if isinstance(backend, ReplayBackend) else _progress_bar(len(requests), model, progress)
 
     def on_answer(answer: Answer) -> None:
         text_hash = answer.request.text_hash

@@ -1,0 +1,64 @@
+"""The one text normalisation used by training and by every scoring path.
+
+`normalize_text` is applied to a document before any model sees it, in
+`classifier.train` (to the labelled texts) and in `Scorer.score` (which the
+service, the batch jobs and `edufilter evaluate` all call), so a document
+scores the same wherever it is scored.
+
+What it does, in order:
+
+1. refuses anything that is not a `str` (None, NaN, bytes): a missing text is
+   a data error, not an empty document;
+2. keeps the first `max_chars` characters (stored in model.json; the
+   annotator saw the first 4,000 characters of a web page, so the default
+   for web is 4,000). Truncating first bounds the cost: a 10 MB document costs
+   what a `max_chars` document costs;
+3. lower-cases, turns every whitespace/control character (newlines, tabs, NUL)
+   into a space, and splits punctuation from words (`foo(bar)` ->
+   `foo ( bar )`) so that code symbols, comment markers (`#`, `//`, triple quotes)
+   and sentence punctuation become tokens of their own for fastText and
+   TF-IDF. The result is a single line, as fastText requires.
+
+An empty or whitespace-only document normalises to "" and the Scorer gives
+it score 0.0 without asking the model (nothing to read = no educational value).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+# The annotator's view of a web page was its first 4,000 characters; code files and
+# StackOverflow threads were read whole, so those keep more (bounded, for cost).
+DEFAULT_MAX_CHARS: dict[str, int] = {"web": 4000, "code": 20000, "stackoverflow": 12000}
+
+# Every character fastText treats as a separator, plus the rest of the C0 controls
+# and Unicode line/paragraph separators, becomes a plain space.
+_SPACE_TABLE = {c: " " for c in list(range(0, 32)) + [0x7F, 0x85, 0xA0, 0x2028, 0x2029]}
+_PUNCT = re.compile(r"([^\w\s])")
+_SPACES = re.compile(r" {2,}")
+
+
+def normalize_text(text: object, max_chars: int) -> str:
+    """Return the single-line, lower-cased, punctuation-split form of `text[:max_chars]`.
+
+    Raises TypeError for a text that is not a `str` (None, NaN, bytes, numbers).
+    """
+    if not isinstance(text, str):
+        if text is None or (isinstance(text, float) and math.isnan(text)):
+            raise TypeError("text is missing (None/NaN)")
+        raise TypeError(f"text must be str, not {type(text).__name__}")
+    text = text[:max_chars].lower().translate(_SPACE_TABLE)
+    text = _PUNCT.sub(r" \1 ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def normalize_texts(texts, max_chars: int) -> list[str]:
+    """`normalize_text` over a sequence; a bad entry's error names its position."""
+    out = []
+    for i, t in enumerate(texts):
+        try:
+            out.append(normalize_text(t, max_chars))
+        except TypeError as exc:
+            raise TypeError(f"texts[{i}]: {exc}") from None
+    return out

@@ -15,7 +15,10 @@ also reported to Ray Train at every logging step.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,14 @@ def train_on_ray(config: TrainConfig, *, address: str | None = None) -> dict[str
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Workers run in their own folders: ship absolute paths.
+    config = dataclasses.replace(
+        config,
+        corpus=os.path.abspath(config.corpus),
+        output=os.path.abspath(config.output),
+        tokenizer=os.path.abspath(config.tokenizer) if config.tokenizer else None,
+        eval_corpora={name: os.path.abspath(path) for name, path in config.eval_corpora.items()},
+    )
     prepare(config)
     started_ray = False
     if not ray.is_initialized():
@@ -62,6 +73,10 @@ def train_on_ray(config: TrainConfig, *, address: str | None = None) -> dict[str
     finally:
         if started_ray:
             ray.shutdown()
-    metrics = dict(result.metrics or {})
-    log.info("ray train finished: %s", metrics)
-    return metrics
+    if result.error is not None:
+        raise result.error
+    # Rank 0's summary of the run (the loop writes it last); Ray's result holds metrics only
+    # for checkpoints reported to Ray, and this job keeps its checkpoints itself.
+    summary = json.loads((Path(config.output) / "summary.json").read_text())
+    log.info("ray train finished: %s", summary)
+    return summary

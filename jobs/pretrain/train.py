@@ -657,6 +657,7 @@ def train_loop(config: TrainConfig, *, device=None, report: Callable[[dict], Non
     summary = {"step": step, "loss": last_loss, "eval_loss": last_eval, "tokens": step * config.tokens_per_step,
                "tokens_per_s": tokens_per_s, "data": train_data.state_dict()["drawn_per_group"]}
     if is_main:
+        write_json_atomic(output / "summary.json", summary)
         log.info("done: %s", json.dumps(summary))
     return summary
 

@@ -343,9 +343,12 @@ def test_parquet_without_the_expected_column(tmp_path):
     stack = write_parquet(tmp_path / "nolang.parquet", [{"content": "x = 1"}])
     with pytest.raises(ShardError, match="missing column.*lang"):
         list(read_documents("the-stack", stack))
-    with pytest.raises(ShardError, match="no 'text' field; the object has: body"):
-        (tmp_path / "wrong.jsonl").write_text('{"body": "x"}\n')
+    (tmp_path / "wrong.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ShardError, match=r"wrong\.jsonl \(row 0\): no 'text' field; the object has: body"):
         list(read_documents("jsonl", tmp_path / "wrong.jsonl"))
+    (tmp_path / "array.json").write_text('[{"text": "x"}]')
+    with pytest.raises(ShardError, match=r"array\.json: a JSON array, not JSON Lines"):
+        list(read_documents("jsonl", tmp_path / "array.json"))
 
 
 def test_malformed_xml_fails_before_any_thread_is_yielded(tmp_path):

@@ -15,9 +15,9 @@ from typing import IO, Any, ClassVar, Iterator
 
 from edufilter.documents import BadDocument, Document
 
-# A single document above this many UTF-8 bytes is recorded as "too-large" instead of being
-# scored: real pages and source files are far below it (RefinedWeb's p99.9 is ~200 kB), while
-# tokenising or extracting a 50 MB blob stalls a batch worker for minutes.
+# A single document above this many UTF-8 bytes (10 MB) is recorded as "too-large" instead of
+# being scored: real pages, posts and source files are almost always far smaller, while a 50 MB
+# blob stalls a batch worker (tokenising, HTML parsing) and is usually a dump or a binary.
 DEFAULT_MAX_BYTES = 10_000_000
 
 ReadResult = Document | BadDocument

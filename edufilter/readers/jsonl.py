@@ -85,6 +85,9 @@ class JsonlReader(Reader):
 
     def read(self, path: str) -> Iterator[ReadResult]:
         path = os.fspath(path)
+        with open_maybe_gzip(path) as stream:
+            if stream.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"["):
+                raise ShardError(path, "a JSON array, not JSON Lines (one object per line)")
         base = shard_name(path)
         schema_checked = False
         for row, obj in iter_json_lines(path, self.max_bytes):

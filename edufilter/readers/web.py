@@ -78,7 +78,6 @@ class WarcReader(Reader):
 
     def read(self, path: str) -> Iterator[ReadResult]:
         from warcio.archiveiterator import ArchiveIterator
-        from warcio.exceptions import ArchiveLoadFailed
 
         path = os.fspath(path)
         base = shard_name(path)

@@ -177,13 +177,27 @@ def main() -> int:
     url = endpoint + "/chat/completions"
     loops = {"asyncio": None, "uvloop": fast_event_loop_factory()}
     loops = {name: factory for name, factory in loops.items() if name == "asyncio" or factory is not None}
+    capacity_loop = "uvloop" if "uvloop" in loops else "asyncio"
+
+    import psutil
+
+    server_process = psutil.Process(proc.pid)
+    cpu = {"server_us_per_request": [], "bare_client_us_per_request": [], "label_client_us_per_request": []}
+
+    def server_cpu() -> float:
+        times = server_process.cpu_times()
+        return times.user + times.system
 
     def bare(kind: str, loop: str) -> float:  # the server's capacity, measured alone
         runner = bare_httpx if kind == "httpx" else bare_aiohttp
+        client_start, server_start = time.process_time(), server_cpu()
         with asyncio.Runner(loop_factory=loops[loop]) as r:
-            return r.run(runner(url, bodies, args.concurrency))
+            rate = r.run(runner(url, bodies, args.concurrency))
+        if kind == "aiohttp" and loop == capacity_loop:
+            cpu["server_us_per_request"].append((server_cpu() - server_start) / len(bodies) * 1e6)
+            cpu["bare_client_us_per_request"].append((time.process_time() - client_start) / len(bodies) * 1e6)
+        return rate
 
-    capacity_loop = "uvloop" if "uvloop" in loops else "asyncio"
     bare_rates: dict[str, list[float]] = {}
     capacity_rates, cached_rates, memory_rates, replay_rates, ratios, cache_ratios = [], [], [], [], [], []
     try:
@@ -203,7 +217,9 @@ def main() -> int:
             for r in range(args.repeats):
                 memory = label_rate(endpoint, docs, args.concurrency, MemoryCache())[0]
                 cache = AnswerCache(tmp / f"run{r}")
+                client_start = time.process_time()
                 rate, summary = label_rate(endpoint, docs, args.concurrency, cache)
+                cpu["label_client_us_per_request"].append((time.process_time() - client_start) / len(docs) * 1e6)
                 after = bare("aiohttp", capacity_loop)
                 capacity_rates += [before]
                 cached_rates.append(rate)
@@ -245,6 +261,14 @@ def main() -> int:
         "meets_target": ratio >= 0.8,
         "client_req_s_memory_cache": round(no_cache, 1),
         "cache_overhead_fraction": round(max(0.0, 1 - statistics.median(cache_ratios)), 4),
+        # CPU time per request (independent of how loaded the shared machine is while measuring). With one idle
+        # core each for client and server, throughput is 1 / max(server, client): this predicts the ratio there.
+        "cpu_us_per_request": {k: round(statistics.median(v), 1) for k, v in cpu.items()},
+        "client_vs_capacity_predicted_two_idle_cores": round(
+            max(statistics.median(cpu["server_us_per_request"]), statistics.median(cpu["bare_client_us_per_request"]))
+            / max(statistics.median(cpu["server_us_per_request"]), statistics.median(cpu["label_client_us_per_request"])),
+            3,
+        ),
         "cache_micro": micro,
         # robust against machine noise: the time spent appending+flushing answers, per second of labelling
         "cache_put_share_of_client_time": round(micro["put_us_per_answer"] * client / 1e6, 4),
@@ -261,7 +285,8 @@ def main() -> int:
     }
     write_json_atomic(args.output, result)
     print(json.dumps({k: result[k] for k in ("server_capacity_req_s", "server_capacity_by_load_loop", "client_req_s",
-                                             "client_vs_capacity", "client_req_s_memory_cache",
+                                             "client_vs_capacity", "cpu_us_per_request",
+                                             "client_vs_capacity_predicted_two_idle_cores", "client_req_s_memory_cache",
                                              "cache_overhead_fraction", "cache_put_share_of_client_time",
                                              "cache_micro", "replay_docs_per_s")}, indent=2))
     print(f"client reaches {ratio:.0%} of the server's capacity (target >= 80%)")

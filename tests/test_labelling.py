@@ -213,6 +213,12 @@ def test_500_then_success_and_500_forever_fails_with_reason(server):
     assert server.total == 3 + 3
 
 
+def test_400_fails_the_document_without_retrying(server):
+    answer, backend, _ = ask_one(server, "Too long for the model. [[status=400]]")
+    assert answer.failure == "http-400" and "scripted failure" in answer.detail
+    assert backend.retries == 0 and server.total == 1
+
+
 def test_timeout_is_retried_then_reported(server):
     answer, backend, elapsed = ask_one(server, "Slow. [[delay=2]]", timeout_s=0.2, max_retries=1)
     assert answer.failure == "timeout" and backend.retries == 1 and elapsed < 1.5

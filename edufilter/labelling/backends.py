@@ -227,22 +227,23 @@ class OpenAIBackend:
             except aiohttp.ClientError as exc:
                 failure, detail = "connection-error", f"{type(exc).__name__}: {exc} ({url})"
             else:
-                text = payload.decode("utf-8", errors="replace")
                 if status == 200:
                     answer = self._read_completion(request, payload, url)
                     if answer.ok:
                         return answer
                     failure, detail = answer.failure, answer.detail
-                elif status in self.FATAL_STATUSES:
-                    raise EndpointError(
-                        f"{url} answered HTTP {status} for model {cfg.model!r}: {text[:300]!r} "
-                        f"(check --endpoint, --model and the API key in ${'/$'.join(API_KEY_ENV_VARS)})"
-                    )
-                elif status in self.RETRY_STATUSES:
+                else:
+                    text = payload.decode("utf-8", errors="replace")
+                    if status in self.FATAL_STATUSES:
+                        raise EndpointError(
+                            f"{url} answered HTTP {status} for model {cfg.model!r}: {text[:300]!r} "
+                            f"(check --endpoint, --model and the API key in ${'/$'.join(API_KEY_ENV_VARS)})"
+                        )
+                    if status not in self.RETRY_STATUSES:
+                        # 400 and the like: this document's request is wrong; asking again would not help
+                        return Answer(request, None, failure=f"http-{status}", detail=text[:300])
                     failure, detail = f"http-{status}", text[:300]
                     retry_after = parse_retry_after(retry_header)
-                else:  # 400 and the like: this document's request is wrong; asking again would not help
-                    return Answer(request, None, failure=f"http-{status}", detail=text[:300])
             if attempt == cfg.max_retries:
                 break
             self.retries += 1

@@ -166,6 +166,11 @@ def parse_response(raw: str) -> ParsedAnswer:
     """Read the last ``Educational score: N`` line of an answer; everything before it is the rationale."""
     if not raw or not raw.strip():
         return ParsedAnswer(None, "", "unparseable", "empty-response")
+    head, _, last_line = raw.rstrip().rpartition("\n")
+    if last_line.startswith(SCORE_LINE_PREFIX):  # the format asked for: skip the regex scan (hot path)
+        value = last_line[len(SCORE_LINE_PREFIX) :].strip()
+        if len(value) == 1 and value in "012345":
+            return ParsedAnswer(int(value), _clean_rationale(head), "ok")
     matches = list(_SCORE_LINE.finditer(raw))
     if not matches:
         return ParsedAnswer(None, _clean_rationale(raw), "unparseable", "no-score-line")

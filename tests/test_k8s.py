@@ -344,6 +344,19 @@ def test_dev_overlay_brings_its_own_secret_and_prod_expects_one(rendered):
     assert "create secret generic edufilter-api-keys" in (K8S / "README.md").read_text()
 
 
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_readme_apply_steps_cover_every_resource(overlay, rendered):
+    """k8s/README.md applies the overlay by component label, step by step: every object needs one."""
+    readme = (K8S / "README.md").read_text()
+    steps = {"storage", "service", "score", "select", "pretrain"}
+    assert "-l 'app.kubernetes.io/component in (storage,service)'" in readme
+    for step in ("score", "select", "pretrain"):
+        assert f"-l app.kubernetes.io/component={step}" in readme
+    for resource in rendered[overlay]:
+        component = resource["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        assert component in steps, f"{resource['kind']}/{resource['metadata']['name']} has no applied component label"
+
+
 def worker_groups(rayjob: dict) -> dict[str, dict]:
     return {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"].get("workerGroupSpecs", [])}
 
@@ -543,6 +556,7 @@ def run_rayjob(cluster: dict, rayjob: dict, env_vars: dict[str, str], tmp_path: 
                             timeout=420, cwd=tmp_path)
     # Like KubeRay's submitter Job: `ray job submit` follows the job's logs and exits 1 if it failed.
     output = result.stdout + result.stderr
+    (tmp_path / f"{rayjob['metadata']['name']}.log").write_text(output)  # kept for debugging
     assert result.returncode == 0 and f"Job '{submission_id}' succeeded" in output, output[-8000:]
     return output
 

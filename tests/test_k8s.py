@@ -404,6 +404,16 @@ def test_rayjob_topology(rendered):
                 assert pod["containers"][0]["resources"]["limits"]["memory"]
 
 
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_one_image_per_ray_cluster(overlay, rendered):
+    """Ray refuses nodes whose Ray or Python version (to the patch level) differs from the head's, and the
+    CPU and CUDA images have different Pythons: every pod of a RayJob must run the same image, and a
+    RayJob that requests GPUs must run the CUDA one."""
+    for rayjob in (r for r in rendered[overlay] if r["kind"] == "RayJob"):
+        (image,) = {c["image"] for c in all_containers(rayjob)}
+        assert image.endswith("-gpu") == ("nvidia.com/gpu" in json.dumps(rayjob)), (rayjob["metadata"]["name"], image)
+
+
 def test_gpu_groups_show_where_to_fill_tolerations_and_node_selectors():
     for name in ("rayjob-score.yaml", "rayjob-pretrain.yaml"):
         text = (K8S / "base" / "jobs" / name).read_text()

@@ -226,14 +226,16 @@ def _set_images(node: Any, image: dict) -> None:
 
 # ---- patches and replacements ---------------------------------------------------------------------------
 
-def _matches(resource: Resource, selector: dict) -> bool:
+def _matches(resource: Resource, selector: dict, regex: bool = False) -> bool:
+    """Patch targets take regular expressions (matched against the whole value), like kustomize's;
+    replacement sources and targets match names exactly."""
     unknown = set(selector) - {"kind", "name", "group", "version"}
     if unknown:
         raise UnsupportedKustomization(f"target selector field(s) {sorted(unknown)}")
-    # Like kustomize, kind and name are regular expressions matched against the whole value.
-    if "kind" in selector and not re.fullmatch(selector["kind"], resource.get("kind", "")):
-        return False
-    return "name" not in selector or bool(re.fullmatch(selector["name"], resource.get("metadata", {}).get("name", "")))
+    for field, value in (("kind", resource.get("kind", "")), ("name", resource.get("metadata", {}).get("name", ""))):
+        if field in selector and not (re.fullmatch(selector[field], value) if regex else selector[field] == value):
+            return False
+    return True
 
 
 def _apply_patch(resources: list[Resource], patch: dict, folder: Path, kfile: Path) -> None:
@@ -243,7 +245,7 @@ def _apply_patch(resources: list[Resource], patch: dict, folder: Path, kfile: Pa
     operations = yaml.safe_load(text)
     if not isinstance(operations, list):
         raise UnsupportedKustomization(f"{kfile}: only JSON6902 patches (a list of operations) are supported")
-    targets = [r for r in resources if _matches(r, patch["target"])]
+    targets = [r for r in resources if _matches(r, patch["target"], regex=True)]
     if not targets:
         raise ValueError(f"{kfile}: patch target {patch['target']} matches no resource")
     for resource in targets:

@@ -306,6 +306,10 @@ def test_service_deployment_contract(overlay, rendered):
         name for kind, name in objects if kind == "PersistentVolumeClaim"}
     args = container["args"]
     assert args[0] == "serve"
+    from service.cli import build_parser, parse_models
+
+    parsed = build_parser().parse_args(args[1:])  # the real `edufilter serve` parser accepts them
+    assert set(parse_models(parsed.model)) == {"web", "code", "stackoverflow"}
     models = [args[i + 1] for i, a in enumerate(args) if a == "--model"]
     assert {m.split("=")[0] for m in models} == {"web", "code", "stackoverflow"}
     assert all(m.split("=", 1)[1].startswith("/models/") for m in models)
@@ -412,6 +416,35 @@ def test_one_image_per_ray_cluster(overlay, rendered):
     for rayjob in (r for r in rendered[overlay] if r["kind"] == "RayJob"):
         (image,) = {c["image"] for c in all_containers(rayjob)}
         assert image.endswith("-gpu") == ("nvidia.com/gpu" in json.dumps(rayjob)), (rayjob["metadata"]["name"], image)
+
+
+def pod_specs(resource: dict):
+    """Every pod spec in a rendered object: a workload's template, a RayJob's head, workers and submitter."""
+    if resource["kind"] == "Deployment":
+        yield resource["spec"]["template"]["spec"]
+    elif resource["kind"] == "RayJob":
+        spec = resource["spec"]
+        yield spec["submitterPodTemplate"]["spec"]
+        yield spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+        for group in spec["rayClusterSpec"].get("workerGroupSpecs", []):
+            yield group["template"]["spec"]
+
+
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/prod"])
+def test_every_pod_meets_the_restricted_pod_security_standard(overlay, rendered):
+    pods = [(r["metadata"]["name"], pod) for r in rendered[overlay] for pod in pod_specs(r)]
+    assert len(pods) >= 8
+    for name, pod in pods:
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context.get("runAsUser", 1000) != 0, name
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC"), name
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], name
+            assert "privileged" not in container["securityContext"], name
+            assert container["resources"]["limits"]["memory"], f"{name}: no memory limit"
 
 
 def test_gpu_groups_show_where_to_fill_tolerations_and_node_selectors():
@@ -593,6 +626,7 @@ def scored(ray_cluster, prod_rayjobs, tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_score_rayjob_entrypoint_runs(scored):
     import pyarrow.parquet as pq
 
@@ -617,6 +651,7 @@ def corpus(ray_cluster, prod_rayjobs, scored):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_select_rayjob_entrypoint_runs(corpus):
     import pyarrow.parquet as pq
 
@@ -627,6 +662,7 @@ def test_select_rayjob_entrypoint_runs(corpus):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_pretrain_rayjob_entrypoint_runs(ray_cluster, prod_rayjobs, corpus):
     output = corpus.parent / "pretrain"
     logs = run_rayjob(ray_cluster, prod_rayjobs["edufilter-pretrain"], {

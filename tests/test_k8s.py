@@ -353,8 +353,7 @@ def test_readme_apply_steps_cover_every_resource(overlay, rendered):
     """k8s/README.md applies the overlay by component label, step by step: every object needs one."""
     readme = (K8S / "README.md").read_text()
     steps = {"storage", "service", "score", "select", "pretrain"}
-    assert "-l 'app.kubernetes.io/component in (storage,service)'" in readme
-    for step in ("score", "select", "pretrain"):
+    for step in sorted(steps):
         assert f"-l app.kubernetes.io/component={step}" in readme
     for resource in rendered[overlay]:
         component = resource["metadata"].get("labels", {}).get("app.kubernetes.io/component")

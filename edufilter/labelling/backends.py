@@ -195,15 +195,15 @@ class OpenAIBackend:
                 raise errors.exceptions[0] from None
 
     def request_body(self, request: LabelRequest) -> bytes:
-        """The JSON body; the system prompt (the same ~2 KB for every document) is encoded once, not per request."""
+        """The JSON body, assembled from pre-encoded parts: the request's fields and the system prompt (the
+        same ~2 KB for every document) are encoded once, so each request only escapes its own document."""
         parts = []
         for message in request.messages:
-            cacheable = message["role"] == "system"
             key = (message["role"], message["content"])
-            encoded = self._encoded_messages.get(key) if cacheable else None
+            encoded = self._encoded_messages.get(key)
             if encoded is None:
                 encoded = json.dumps(message).encode("utf-8")
-                if cacheable and len(self._encoded_messages) < 64:
+                if message["role"] == "system" and len(self._encoded_messages) < 64:
                     self._encoded_messages[key] = encoded
             parts.append(encoded)
         return self._body_head + b", ".join(parts) + b"]}"

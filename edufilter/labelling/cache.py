@@ -3,7 +3,7 @@
 One JSONL file (``answers.jsonl`` inside the ``--cache`` folder). Each line
 is one answer keyed by ``(prompt_version, model, text_hash)`` where
 ``text_hash = edufilter.documents.content_hash(document_text)``. A line is
-written and flushed the moment its answer arrives, so killing a run loses at
+written (one unbuffered append) the moment its answer arrives, so killing a run loses at
 most the answers still in flight; a torn last line (the process died mid
 write) is skipped with a warning when the file is read back. A later line
 for the same key wins.
@@ -71,7 +71,9 @@ class AnswerCache:
         self.torn_lines = 0
         if self.path.exists():
             self._load()
-        self._file = open(self.path, "a", encoding="utf-8")
+        # One unbuffered O_APPEND write per answer: the line is in the file (the OS's page cache) as soon as
+        # put() returns, so a killed process loses nothing it has acknowledged, and no buffer flush is needed.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _load(self) -> None:
         with open(self.path, "rb") as f:
@@ -137,19 +139,23 @@ class AnswerCache:
             "created": entry.created,
             "extra": entry.extra,
         }
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
+            if self._fd < 0:
+                raise ValueError(f"answer cache {self.path} is closed")
+            written = os.write(self._fd, line)
+            if written != len(line):  # short writes do not happen on regular files, but never store half a line
+                os.write(self._fd, line[written:])
             self._index[entry.key] = entry
         return entry
 
     def close(self) -> None:
+        """fsync and close: after close() the answers survive a machine crash too, not only a killed process."""
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+            if self._fd >= 0:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = -1
 
     def __enter__(self) -> "AnswerCache":
         return self

@@ -203,7 +203,9 @@ img.plot { max-width:100%; border:1px solid var(--line); border-radius:8px; back
 .term { display:inline-block; margin:2px 3px 0 0; padding:0 6px; border-radius:6px; font-size:11.5px; }
 .term.up { background:#d1fae5; color:#065f46; } .term.down { background:#fee2e2; color:#991b1b; }
 code, pre { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12px; }
-pre.box { background:#0f172a; color:#e2e8f0; padding:10px 12px; border-radius:8px; overflow:auto; }
+pre.box { background:#0f172a; color:#e2e8f0; padding:10px 12px; border-radius:8px; overflow:auto; max-height:360px; }
+td.nowrap { white-space:nowrap; }
+.glance .kpi b { color:var(--accent); }
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
 @media (max-width: 800px) { .examples { grid-template-columns:1fr; } main { padding:12px; } }
 """
@@ -220,7 +222,7 @@ def _steps_section(summary: dict[str, Any]) -> str:
         status = step.get("status", "not-run")
         rows.append(
             f"<tr><td>{i}. <b>{_e(step['name'])}</b></td><td class='left'>{_e(step.get('title', ''))}</td>"
-            f"<td><span class='badge {status}'>{_e(status)}</span></td><td>{_seconds(step.get('seconds'))}</td>"
+            f"<td><span class='badge {status}'>{_e(status)}</span></td><td class='nowrap'>{_seconds(step.get('seconds'))}</td>"
             f"<td class='left'>{_e(step.get('detail') or step.get('reason') or '')}</td></tr>")
     table = ("<table><tr><th>step</th><th class='left'>what it does</th><th>status</th><th>time</th>"
              "<th class='left'>result</th></tr>" + "".join(rows) + "</table>")
@@ -357,6 +359,30 @@ def _examples_section(summary: dict[str, Any]) -> str:
     return _section("7 · Examples", lead, body, "examples")
 
 
+def _glance_section(summary: dict[str, Any]) -> str:
+    """The headline numbers, one per stage that ran."""
+    kpis = []
+    for domain, m in (summary.get("evaluation") or {}).items():
+        kpis.append((f"{m.get('f1_at_3', 0):.2f}", f"{domain} F1 @3 (held-out)"))
+    sel = summary.get("selection") or {}
+    if sel.get("tokens") is not None:
+        total = sum(s.get("tokens_in", 0) for s in (sel.get("per_source") or {}).values())
+        kpis.append((f"{sel['tokens']:,}", f"tokens selected of {total:,}"))
+    pre = summary.get("pretraining") or {}
+    if pre.get("loss"):
+        kpis.append((f"{pre['loss'][0][1]:.2f} → {pre['loss'][-1][1]:.2f}", "pretraining loss"))
+    svc = summary.get("service") or {}
+    if svc.get("latency_ms") is not None:
+        kpis.append((f"{svc['latency_ms']:.0f} ms", "one document over HTTP"))
+    if summary.get("total_seconds") is not None:
+        kpis.append((_seconds(summary["total_seconds"]), "whole demo"))
+    if not kpis:
+        return ""
+    grid = '<div class="grid">' + "".join(f'<div class="kpi"><b>{_e(v)}</b><span>{_e(k)}</span></div>'
+                                          for v, k in kpis) + "</div>"
+    return _section("At a glance", "", grid, "glance", "glance")
+
+
 def render_report(summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
     data = summary.get("data", {})
@@ -378,7 +404,7 @@ def render_report(summary: dict[str, Any]) -> str:
         overview = _section("Data", _e(data.get("description", "")),
                             '<div class="grid">' + "".join(f'<div class="kpi"><b>{_fmt(v)}</b><span>{_e(k)}</span></div>'
                                                            for k, v in kpis) + "</div>", "data")
-    parts = [failure, notes_html, overview, _steps_section(summary), _labels_section(summary),
+    parts = [failure, _glance_section(summary), notes_html, overview, _steps_section(summary), _labels_section(summary),
              _evaluation_section(summary), _scoring_section(summary), _selection_section(summary),
              _pretraining_section(summary), _service_section(summary), _examples_section(summary)]
     title = "edufilter demo report"

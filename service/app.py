@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from edufilter import __version__
-from service.dependencies import ApiKeyDep, digest
+from service.dependencies import ApiKeyDep, Service, digest
 from service.errors import install_error_handlers
 from service.observability import BodyLimitMiddleware, ObservabilityMiddleware, ServiceMetrics
 from service.registry import ModelRegistry
@@ -58,10 +58,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.registry = registry
-    app.state.metrics = metrics
-    app.state.api_key_digests = tuple(digest(key) for key in settings.resolved_api_keys())
+    app.state.service = Service(settings, registry, metrics, tuple(digest(key) for key in settings.resolved_api_keys()))
 
     install_error_handlers(app)
     app.include_router(health.router)

@@ -92,7 +92,7 @@ class MicroBatcher:
     async def close(self) -> None:
         """Score what is still queued, then stop the workers."""
         self._closed = True
-        while self._pending:
+        while self._pending and any(not task.done() for task in self._workers):
             await asyncio.sleep(0.005)
         for task in self._workers:
             task.cancel()
@@ -117,8 +117,14 @@ class MicroBatcher:
                 except TimeoutError:
                     break
             batch = self._take_batch()
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._run(batch)
+            except Exception:  # a worker that died would leave every later request waiting forever
+                log.exception("micro-batch of %d requests failed", len(batch))
+                for item in batch:
+                    _settle(item.future, exception=RuntimeError("scoring failed"))
 
     def _take_batch(self) -> list[_Pending]:
         batch: list[_Pending] = []

@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -132,9 +133,16 @@ def main(argv: list[str] | None = None) -> int:
         # uvicorn exits quietly when start-up (model loading) fails: say so with a status.
         return 0 if server.started else 1
     export_to_environment(settings)
+    # Each worker keeps its own metrics; prometheus_client's multiprocess mode sums them in /metrics.
+    own_metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="edufilter-metrics-")
-    uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+        own_metrics_dir = tempfile.mkdtemp(prefix="edufilter-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = own_metrics_dir
+    try:
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(own_metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -17,25 +18,21 @@ from service.registry import ModelRegistry
 from service.settings import ServiceSettings
 
 
-async def get_settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings
+@dataclass(frozen=True)
+class Service:
+    """What the handlers need, as one dependency (each dependency costs FastAPI time per request)."""
+
+    settings: ServiceSettings
+    registry: ModelRegistry
+    metrics: ServiceMetrics
+    api_key_digests: tuple[bytes, ...]  # sha256 of each configured key; empty = open service
 
 
-async def get_registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+async def get_service(request: Request) -> Service:
+    return request.app.state.service
 
 
-async def get_metrics(request: Request) -> ServiceMetrics:
-    return request.app.state.metrics
-
-
-async def get_key_digests(request: Request) -> tuple[bytes, ...]:
-    return request.app.state.api_key_digests
-
-
-SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+ServiceDep = Annotated[Service, Depends(get_service)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key from EDUFILTER_API_KEYS or the keys file")
 
@@ -54,10 +51,10 @@ def key_matches(presented: str, digests: tuple[bytes, ...]) -> bool:
 
 
 async def require_api_key(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    digests: Annotated[tuple[bytes, ...], Depends(get_key_digests)],
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Open when no key is configured; otherwise `Authorization: Bearer <key>` must match one."""
+    digests = request.app.state.service.api_key_digests
     if not digests:
         return
     challenge = {"WWW-Authenticate": "Bearer"}

@@ -27,9 +27,12 @@ class ApiError(Exception):
 
 
 class LimitExceeded(ApiError):
-    def __init__(self, limit: str, value: int, message: str, status: int = 413) -> None:
+    """A request over one of the configured limits; the message names the limit and its variable."""
+
+    def __init__(self, limit: str, value: int, subject: str, status: int = 413) -> None:
         env = "EDUFILTER_" + limit.upper()
-        super().__init__(status, "limit_exceeded", f"{message} exceeds {limit}={value} ({env})", limit=limit, value=value)
+        message = f"{subject}: over the limit {limit}={value} (set by {env})"
+        super().__init__(status, "limit_exceeded", message, limit=limit, value=value)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:

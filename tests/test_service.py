@@ -587,6 +587,19 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(models, tmp_path):
     assert "scoring stopped" in srv.stderr_path.read_text()
 
 
+def test_several_workers_share_the_port_and_sum_their_metrics(models, tmp_path):
+    srv = SubprocessServer(["--model", f"web={models['web']}", "--workers", "2", "--metrics-open"], tmp_path)
+    try:
+        with httpx.Client(base_url=srv.base_url) as c:  # a new connection per request spreads them over workers
+            for i in range(12):
+                c.post("/v1/score", json={"documents": [{"text": EDUCATIONAL[i % 5]}]}, headers={"Connection": "close"})
+            text = c.get("/metrics").text
+        assert 'edufilter_http_requests_total{method="POST",route="/v1/score",status="200"} 12.0' in text
+        assert 'edufilter_documents_scored_total{domain="web"} 12.0' in text
+    finally:
+        assert srv.stop() in CLEAN_EXIT
+
+
 def test_cli_refuses_bad_configuration(tmp_path, capsys):
     from service.cli import main
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.dependencies import MetricsDep, RegistryDep
+from service.dependencies import ServiceDep
 from service.schemas import HealthResponse
 
 router = APIRouter(tags=["health"])
@@ -23,7 +23,8 @@ async def healthz() -> HealthResponse:
     response_model=HealthResponse,
     responses={503: {"model": HealthResponse, "description": "models not loaded (yet)"}},
 )
-async def readyz(registry: RegistryDep):
+async def readyz(service: ServiceDep):
+    registry = service.registry
     if not registry.ready():
         return JSONResponse(HealthResponse(status="loading", models=registry.domains).model_dump(), status_code=503)
     return HealthResponse(status="ready", models=registry.domains)
@@ -34,5 +35,5 @@ metrics_router = APIRouter(tags=["health"])
 
 
 @metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+async def metrics(service: ServiceDep) -> Response:
+    return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

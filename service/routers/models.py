@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 
-from service.dependencies import ApiKeyDep, MetricsDep, RegistryDep, SettingsDep
+from service.dependencies import ApiKeyDep, ServiceDep
 from service.registry import ModelLoadError
 from service.schemas import ModelInfo, ModelsResponse, ReloadRequest
 
@@ -14,8 +14,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ApiKeyDep
 
 
 @router.get("", summary="The loaded models with their model.json")
-async def list_models(registry: RegistryDep) -> ModelsResponse:
-    return ModelsResponse(models=[ModelInfo(**slot.describe()) for slot in registry.slots()])
+async def list_models(service: ServiceDep) -> ModelsResponse:
+    return ModelsResponse(models=[ModelInfo(**slot.describe()) for slot in service.registry.slots()])
 
 
 @router.post(
@@ -24,10 +24,9 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
     description="Requires API keys to be configured (an open service cannot be told to load files); "
     "otherwise send SIGHUP to the server process to reload every model from its configured directory.",
 )
-async def reload_models(
-    registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep, body: ReloadRequest | None = None
-) -> ModelsResponse:
-    if not settings.resolved_api_keys():
+async def reload_models(service: ServiceDep, body: ReloadRequest | None = None) -> ModelsResponse:
+    registry, metrics = service.registry, service.metrics
+    if not service.api_key_digests:
         raise HTTPException(403, "reload over HTTP needs API keys configured; send SIGHUP to reload instead")
     body = body or ReloadRequest()
     domains = [registry.resolve(body.domain).domain] if body.domain else None

@@ -8,7 +8,7 @@ from collections import defaultdict
 from fastapi import APIRouter
 
 from service.batching import BatchResult
-from service.dependencies import ApiKeyDep, MetricsDep, RegistryDep, SettingsDep
+from service.dependencies import ApiKeyDep, ServiceDep
 from service.errors import ApiError, LimitExceeded
 from service.registry import ModelRegistry
 from service.schemas import (
@@ -32,13 +32,13 @@ def check_document_bytes(text: str, settings: ServiceSettings, what: str) -> Non
     limit = settings.max_document_bytes
     # A character is 1-4 bytes in UTF-8: encode only when the length alone does not decide.
     if len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit):
-        raise LimitExceeded("max_document_bytes", limit, f"{what} is larger than the limit: it")
+        raise LimitExceeded("max_document_bytes", limit, f"{what} is too large")
 
 
 def check_documents(documents: list[DocumentIn], settings: ServiceSettings) -> None:
     if len(documents) > settings.max_documents_per_request:
         raise LimitExceeded(
-            "max_documents_per_request", settings.max_documents_per_request, f"{len(documents)} documents"
+            "max_documents_per_request", settings.max_documents_per_request, f"{len(documents)} documents in one request"
         )
     for index, document in enumerate(documents):
         check_document_bytes(document.text, settings, f"documents.{index}.text")
@@ -78,16 +78,15 @@ async def score_grouped(
 
 
 @router.post("/score", summary="Score documents for educational value (0-5)")
-async def score(body: ScoreRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep) -> ScoreResponse:
-    check_documents(body.documents, settings)
-    return ScoreResponse(results=await score_grouped(registry, metrics, body.documents, body.domain))
+async def score(body: ScoreRequest, service: ServiceDep) -> ScoreResponse:
+    check_documents(body.documents, service.settings)
+    return ScoreResponse(results=await score_grouped(service.registry, service.metrics, body.documents, body.domain))
 
 
 @router.post("/score/html", summary="Extract the text of an HTML page (as the batch jobs do) and score it")
-async def score_html(
-    body: HtmlScoreRequest, registry: RegistryDep, settings: SettingsDep, metrics: MetricsDep
-) -> HtmlScoredDocument:
-    check_document_bytes(body.html, settings, "html")
+async def score_html(body: HtmlScoreRequest, service: ServiceDep) -> HtmlScoredDocument:
+    registry, metrics = service.registry, service.metrics
+    check_document_bytes(body.html, service.settings, "html")
     slot = registry.resolve(body.domain)
     from edufilter.extract import extract_html  # the one extraction shared with the readers and jobs
 
@@ -102,10 +101,11 @@ async def score_html(
 
 
 @router.post("/explain", summary="The words and n-grams that pushed one document's score up or down")
-async def explain(body: ExplainRequest, registry: RegistryDep, settings: SettingsDep) -> ExplainResponse:
+async def explain(body: ExplainRequest, service: ServiceDep) -> ExplainResponse:
+    registry, settings = service.registry, service.settings
     check_document_bytes(body.text, settings, "text")
     if body.top_k > settings.explain_max_terms:
-        raise LimitExceeded("explain_max_terms", settings.explain_max_terms, f"top_k={body.top_k}", status=422)
+        raise LimitExceeded("explain_max_terms", settings.explain_max_terms, f"top_k={body.top_k} is too many terms", status=422)
     slot = registry.resolve(body.domain)
     _, terms, result = await registry.explain(slot.domain, body.text, body.top_k)
     base = scored(result, 0, slot.domain, body.id)

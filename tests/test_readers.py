@@ -293,6 +293,10 @@ def test_bad_arguments_fail_at_the_call(tmp_path):
         read_documents("refineweb", path)
     with pytest.raises(ValueError, match="does not take option.*languages"):
         read_documents("refinedweb", path, languages=("Python",))
+    with pytest.raises(ValueError, match="no reader takes option.*langauges"):
+        read_documents("auto", path, langauges=("Python",))
+    with pytest.raises(ValueError, match="no reader takes option.*langauges"):
+        read_shard("auto", path, langauges=("Python",))
     with pytest.raises(ValueError, match="rank"):
         read_documents("refinedweb", path, rank=2, world_size=2)
     with pytest.raises(ValueError, match="max_bytes"):

@@ -69,9 +69,17 @@ def read_shard(source: str, path: str | os.PathLike, **options: Any) -> Iterator
     """Documents of ONE file; `source="auto"` recognises the format from the file."""
     path = os.fspath(path)
     if source == "auto":
+        _check_any_reader_takes(options)
         source = detect_source(path)
         options = {k: v for k, v in options.items() if k in READERS[source].option_names()}
     return make_reader(source, options).read(path)
+
+
+def _check_any_reader_takes(options: dict[str, Any]) -> None:
+    accepted = set().union(*(cls.option_names() for cls in READERS.values()))
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"no reader takes option(s) {', '.join(unknown)}; options are: {', '.join(sorted(accepted))}")
 
 
 def read_documents(source: str, paths: str | os.PathLike | Sequence[str | os.PathLike], *, rank: int = 0,
@@ -90,10 +98,7 @@ def read_documents(source: str, paths: str | os.PathLike | Sequence[str | os.Pat
     if source != "auto":
         reader = make_reader(source, options)  # validates source and options before any file is touched
     else:
-        accepted = set().union(*(cls.option_names() for cls in READERS.values()))
-        unknown = sorted(set(options) - accepted)
-        if unknown:
-            raise ValueError(f"no reader takes option(s) {', '.join(unknown)}")
+        _check_any_reader_takes(options)
         reader = None
     files = expand_paths(paths)[rank::world_size]
     return _read_files(files, reader, options, on_shard_error)

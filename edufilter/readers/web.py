@@ -120,17 +120,18 @@ class WarcReader(Reader):
             content_type = headers.get_header("Content-Type") or ""
         metadata["content_type"] = content_type
         mime = content_type.split(";")[0].strip().lower()
+        is_wet_text = record.rec_type == "conversion" and mime == "text/plain"
+        if not is_wet_text and mime not in HTML_CONTENT_TYPES:  # decided before reading the payload
+            return BadDocument(path, row, "not-html", f"{record.rec_type} record of type {mime or 'unknown'} ({url})")
         data, truncated = read_bounded(record.content_stream(), self.max_bytes)
         if not truncated and getattr(record.raw_stream, "limit", 0) > 0:
             # the payload ended before its declared Content-Length: the file was cut inside this record
             raise ShardError(path, "the file ends inside this record (truncated)", row=row)
         if truncated:
             return BadDocument(path, row, "too-large", f"record payload over max_bytes={self.max_bytes:,} ({url})")
-        if record.rec_type == "conversion" and mime == "text/plain":  # WET: text already extracted
+        if is_wet_text:  # WET: the text is already extracted
             text = decode_html(data, _charset(content_type))
             return self.make(id=doc_id, text=text, shard=path, row=row, url=url, metadata=metadata)
-        if mime not in HTML_CONTENT_TYPES:
-            return BadDocument(path, row, "not-html", f"{record.rec_type} record of type {mime or 'unknown'} ({url})")
         return html_document(self, path, row, doc_id, data, url, _charset(content_type), metadata)
 
 

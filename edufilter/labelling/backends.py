@@ -320,12 +320,22 @@ class TransformersBackend:
         self._model, self._tokenizer, self._device = model, tokenizer, device
         log.info("loaded %s on %s", self.config.model_dir, device)
 
+    def _chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        tok = self._tokenizer
+        try:
+            return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - jinja's TemplateError: some templates (Gemma, Mistral v1) refuse "system"
+            if messages[0]["role"] != "system":
+                raise
+            merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+            return tok.apply_chat_template(merged + messages[2:], add_generation_prompt=True, tokenize=False)
+
     def run(self, requests: Sequence[LabelRequest], on_answer: OnAnswer, should_stop: ShouldStop) -> None:
         import torch
 
         self.setup()
         tok, model = self._tokenizer, self._model
-        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in requests]
+        prompts = [self._chat_prompt(r.messages) for r in requests]
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), self.config.batch_size):

@@ -450,7 +450,7 @@ bodies = st.one_of(
 )
 
 
-@hsettings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@hsettings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 @given(body=bodies, path=st.sampled_from(["/v1/score", "/v1/explain", "/v1/score/html", "/v1/models/reload"]))
 def test_fuzzed_bodies_never_cause_a_5xx(client, body, path):
     response = client.post(path, content=body, headers={"Content-Type": "application/json"})

@@ -15,7 +15,7 @@ process:
 
 Target: client >= 80% of the server's capacity on 2 cores.
 
-    .venv/bin/python bench/bench_labelling.py [--documents 2000] [--concurrency 16]
+    .venv/bin/python bench/bench_labelling.py [--documents 2000] [--concurrency 16,64] [--repeats 5]
 
 Writes bench/results/labelling.json.
 """
@@ -159,40 +159,26 @@ def cache_micro(n: int, tmp: Path) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--documents", type=int, default=2000, help="documents labelled per measurement")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    parser.add_argument("--repeats", type=int, default=5, help="measurements of each kind (the best is kept)")
-    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "labelling.json"), help="result JSON")
-    args = parser.parse_args()
-
-    docs = make_documents(args.documents)
-    bodies = [
-        json.dumps({"model": MODEL, "messages": build_messages("web", d.text), "temperature": 0.0,
-                    "max_tokens": 300}).encode()
-        for d in docs
-    ]
+def measure(args: argparse.Namespace, concurrency: int, docs: list[Document], bodies: list[bytes]) -> dict:
+    """One full paired measurement at one concurrency, against a fresh server process."""
     proc, endpoint = start_server()
     url = endpoint + "/chat/completions"
     loops = {"asyncio": None, "uvloop": fast_event_loop_factory()}
     loops = {name: factory for name, factory in loops.items() if name == "asyncio" or factory is not None}
     capacity_loop = "uvloop" if "uvloop" in loops else "asyncio"
 
-    import psutil
-
-    server_process = psutil.Process(proc.pid)
     cpu = {"server_us_per_request": [], "bare_client_us_per_request": [], "label_client_us_per_request": []}
+    ticks = os.sysconf("SC_CLK_TCK")
 
-    def server_cpu() -> float:
-        times = server_process.cpu_times()
-        return times.user + times.system
+    def server_cpu() -> float:  # user + system seconds of the server process (Linux /proc)
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / ticks
 
     def bare(kind: str, loop: str) -> float:  # the server's capacity, measured alone
         runner = bare_httpx if kind == "httpx" else bare_aiohttp
         client_start, server_start = time.process_time(), server_cpu()
         with asyncio.Runner(loop_factory=loops[loop]) as r:
-            rate = r.run(runner(url, bodies, args.concurrency))
+            rate = r.run(runner(url, bodies, concurrency))
         if kind == "aiohttp" and loop == capacity_loop:
             cpu["server_us_per_request"].append((server_cpu() - server_start) / len(bodies) * 1e6)
             cpu["bare_client_us_per_request"].append((time.process_time() - client_start) / len(bodies) * 1e6)
@@ -202,23 +188,23 @@ def main() -> int:
     capacity_rates, cached_rates, memory_rates, replay_rates, ratios, cache_ratios = [], [], [], [], [], []
     try:
         with asyncio.Runner() as r:
-            r.run(bare_aiohttp(url, bodies[:200], args.concurrency))  # warm-up (connections, imports)
+            r.run(bare_aiohttp(url, bodies[:200], concurrency))  # warm-up (connections, imports)
         # The other load loops once, on a slice, for reference (httpx is an order of magnitude slower here).
         for kind in ("httpx", "aiohttp"):
             for loop in loops:
                 runner = bare_httpx if kind == "httpx" else bare_aiohttp
                 with asyncio.Runner(loop_factory=loops[loop]) as r:
-                    bare_rates[f"{kind}+{loop}"] = [r.run(runner(url, bodies[: len(bodies) // 4], args.concurrency))]
+                    bare_rates[f"{kind}+{loop}"] = [r.run(runner(url, bodies[: len(bodies) // 4], concurrency))]
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             # Paired, interleaved measurements: other processes load this shared machine unevenly over time,
             # so each labelling run is compared with the capacity measured right before and right after it.
             before = bare("aiohttp", capacity_loop)
             for r in range(args.repeats):
-                memory = label_rate(endpoint, docs, args.concurrency, MemoryCache())[0]
+                memory = label_rate(endpoint, docs, concurrency, MemoryCache())[0]
                 cache = AnswerCache(tmp / f"run{r}")
                 client_start = time.process_time()
-                rate, summary = label_rate(endpoint, docs, args.concurrency, cache)
+                rate, summary = label_rate(endpoint, docs, concurrency, cache)
                 cpu["label_client_us_per_request"].append((time.process_time() - client_start) / len(docs) * 1e6)
                 after = bare("aiohttp", capacity_loop)
                 capacity_rates += [before]
@@ -248,7 +234,7 @@ def main() -> int:
     result = {
         "benchmark": "labelling",
         "documents": args.documents,
-        "concurrency": args.concurrency,
+        "concurrency": concurrency,
         "server": "tests/llm_server.py in its own process, answering instantly",
         "server_capacity_req_s": round(capacity, 1),  # median of the paired measurements
         "server_capacity_load_loop": f"aiohttp+{capacity_loop}",
@@ -283,13 +269,38 @@ def main() -> int:
         "last_run_summary": {k: summary[k] for k in ("documents", "answered", "tokens", "retries")},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--documents", type=int, default=2000, help="documents labelled per measurement")
+    parser.add_argument("--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64],
+                        help="requests in flight, comma-separated to measure several (the first is the headline)")
+    parser.add_argument("--repeats", type=int, default=5, help="paired measurements per concurrency (medians kept)")
+    parser.add_argument("--output", default=str(REPO / "bench" / "results" / "labelling.json"), help="result JSON")
+    args = parser.parse_args()
+
+    docs = make_documents(args.documents)
+    bodies = [
+        json.dumps({"model": MODEL, "messages": build_messages("web", d.text), "temperature": 0.0,
+                    "max_tokens": 300}).encode()
+        for d in docs
+    ]
+    results = [measure(args, c, docs, bodies) for c in args.concurrency]
+    result = {**results[0], "by_concurrency": {
+        str(r["concurrency"]): {k: r[k] for k in ("server_capacity_req_s", "client_req_s", "client_vs_capacity",
+                                                  "client_vs_capacity_per_run", "cpu_us_per_request")}
+        for r in results
+    }}
     write_json_atomic(args.output, result)
-    print(json.dumps({k: result[k] for k in ("server_capacity_req_s", "server_capacity_by_load_loop", "client_req_s",
-                                             "client_vs_capacity", "cpu_us_per_request",
-                                             "client_vs_capacity_predicted_two_idle_cores", "client_req_s_memory_cache",
-                                             "cache_overhead_fraction", "cache_put_share_of_client_time",
-                                             "cache_micro", "replay_docs_per_s")}, indent=2))
-    print(f"client reaches {ratio:.0%} of the server's capacity (target >= 80%)")
+    shown = ("by_concurrency", "server_capacity_by_load_loop", "client_vs_capacity_predicted_two_idle_cores",
+             "client_req_s_memory_cache", "cache_overhead_fraction", "cache_put_share_of_client_time", "cache_micro",
+             "replay_docs_per_s")
+    print(json.dumps({k: result[k] for k in shown}, indent=2))
+    for r in results:
+        print(f"concurrency {r['concurrency']}: client reaches {r['client_vs_capacity']:.0%} of the server's capacity "
+              "(target >= 80%)")
     return 0
 
 

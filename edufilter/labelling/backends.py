@@ -19,23 +19,22 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string  # C implementation: '"..."'
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV_VARS = ("EDUFILTER_LLM_API_KEY", "OPENAI_API_KEY")
 
 
-@dataclass(frozen=True, slots=True)
-class LabelRequest:
+class LabelRequest(NamedTuple):
     text_hash: str
     doc_ref: str  # how to name the document in errors: "id (shard:row)"
     messages: list[dict[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """One backend outcome: a raw answer, or a failure reason when none could be had."""
 
     request: LabelRequest
@@ -44,7 +43,7 @@ class Answer:
     completion_tokens: int = 0
     failure: str = ""  # timeout, http-500, http-429, malformed-response, connection-error, ...
     detail: str = ""
-    extra: dict = field(default_factory=dict)
+    extra: dict = {}  # never mutated
 
     @property
     def ok(self) -> bool:
@@ -196,15 +195,15 @@ class OpenAIBackend:
 
     def request_body(self, request: LabelRequest) -> bytes:
         """The JSON body, assembled from pre-encoded parts: the request's fields and the system prompt (the
-        same ~2 KB for every document) are encoded once, so each request only escapes its own document."""
+        same ~2 KB for every document) are encoded once; per request only the document's text is escaped."""
         parts = []
         for message in request.messages:
-            key = (message["role"], message["content"])
-            encoded = self._encoded_messages.get(key)
+            role, content = message["role"], message["content"]
+            encoded = self._encoded_messages.get((role, content)) if role == "system" else None
             if encoded is None:
-                encoded = json.dumps(message).encode("utf-8")
-                if message["role"] == "system" and len(self._encoded_messages) < 64:
-                    self._encoded_messages[key] = encoded
+                encoded = f'{{"role": {_json_string(role)}, "content": {_json_string(content)}}}'.encode("utf-8")
+                if role == "system" and len(self._encoded_messages) < 64:
+                    self._encoded_messages[(role, content)] = encoded
             parts.append(encoded)
         return self._body_head + b", ".join(parts) + b"]}"
 

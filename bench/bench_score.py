@@ -182,20 +182,16 @@ def pipeline(model: Path, glob: str, out: Path, args) -> tuple[float, int]:
 
 
 def encoder_tokens(model: Path, texts: list[str]) -> int:
-    """Tokens the embedding scorer's encoder sees (its own tokenizer, its chunking cap)."""
+    """Tokens the embedding scorer's encoder computes: its windows (up to max_chunks per document),
+    each padded to the encoder's sequence length, as ChunkEncoder feeds them to the GPU."""
     from classifier.scorer import Scorer
+    from classifier.text import normalize_texts
 
     scorer = Scorer.load(model, device="cpu")
-    backend = scorer.backend
-    counter = getattr(backend, "count_tokens", None)
-    if counter is not None:
-        return int(counter(texts))
-    from transformers import AutoTokenizer
-
-    encoder_dir = scorer.info.get("encoder", {}).get("path") if isinstance(scorer.info.get("encoder"), dict) else None
-    tokenizer = AutoTokenizer.from_pretrained(encoder_dir or str(model), local_files_only=True)
-    cap = int(scorer.info.get("max_chunks", 2)) * 256
-    return sum(min(cap, len(ids)) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"])
+    encoder = scorer.backend.encoder
+    normalized = [t for t in normalize_texts(texts, scorer.max_chars) if t]
+    windows = encoder._windows(normalized)  # the encoder's own windowing (a private helper: bench only)
+    return sum(len(doc) for doc in windows) * encoder.seq_len
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,6 +65,7 @@ class ScoreConfig:
     tokenizer: str | None = None
     concurrency: int | None = None
     read_batch_rows: int = 2000
+    reader_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("languages", ["Python"]),) for the-stack
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -106,7 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=None,
                    help="scoring actors (default: autoscale from 1 to the cluster's CPUs minus one, or its GPUs)")
     p.add_argument("--read-batch-rows", type=int, default=2000, help="documents per block produced by a read task")
+    p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the source's reader, VALUE as JSON or a plain string "
+                   "(e.g. languages='[\"Python\"]' for the-stack, text_field=content for jsonl); repeatable")
     return p
+
+
+def parse_reader_options(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    options = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--reader-option {item!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        options.append((key, tuple(parsed) if isinstance(parsed, list) else parsed))
+    return tuple(options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, source=args.source, input=args.input, output=args.output,
             ray_address=args.ray_address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
             batch_size=args.batch_size, tokenizer=args.tokenizer, concurrency=args.concurrency,
-            read_batch_rows=args.read_batch_rows,
+            read_batch_rows=args.read_batch_rows, reader_options=parse_reader_options(args.reader_option),
         )
+        from edufilter.readers import make_reader
+
+        make_reader(config.source, dict(config.reader_options))  # unknown or bad options fail here, not in a task
     except ValueError as exc:
         print(f"edufilter score: {exc}", file=sys.stderr)
         return 2
@@ -193,7 +214,7 @@ def build_stages(config: ScoreConfig) -> tuple[ReadShard, list[Any]]:
     """The job's stages, the same for the Ray and the local runner."""
     score_stage = ScoreDocuments(
         config.model, StageResources(num_cpus=1.0, num_gpus=config.num_gpus, batch_size=config.batch_size))
-    return ReadShard(config.source, batch_rows=config.read_batch_rows), [
+    return ReadShard(config.source, batch_rows=config.read_batch_rows, options=dict(config.reader_options)), [
         score_stage, CountTokens(config.tokenizer), WriteParts(config.output)]
 
 

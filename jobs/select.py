@@ -227,6 +227,13 @@ def select(config: SelectConfig, command: list[str] | None = None) -> dict[str, 
     shards = [ShardRef(ScoredDir(d), s) for d in config.scored for s in ScoredDir(d).completed_stats()]
     if not shards:
         raise ValueError(f"no completed scored shards in {', '.join(config.scored)}")
+    seen: dict[str, Path] = {}
+    for ref in shards:
+        key = ref.stats["shard_key"]
+        if key in seen:
+            raise ValueError(f"input {ref.stats['path']} was scored twice ({seen[key]} and {ref.path}); "
+                             "select from one of them")
+        seen[key] = ref.path
     keys = config.keys
     # (shard, domain) -> key, and per key the token-weighted histogram
     hist_docs: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(HISTOGRAM_BINS, dtype=np.int64))

@@ -318,3 +318,18 @@ def test_token_counter_with_a_real_tokenizer_folder():
     counts = counter.count(["hello world", "the quick brown fox " * 200])
     assert counts[0] == 2 and counts[1] == 800  # no special tokens, no truncation at 256/512
     assert load_token_counter(None).count(["abcdefgh", "é"]).tolist() == [2, 1]
+
+
+def test_reader_options_reach_the_reader_and_bad_ones_fail_before_ray(model, inputs, tmp_path, capsys):
+    from jobs.score import ScoreConfig, parse_reader_options, run
+
+    assert score_cli(model, "the-stack", inputs["the-stack"], tmp_path / "x", "--reader-option", "colour=red") == 2
+    assert "colour" in capsys.readouterr().err
+    options = parse_reader_options(['languages=["Rust"]'])
+    summary = run(ScoreConfig(model=str(model), source="the-stack", input=inputs["the-stack"],
+                              output=str(tmp_path / "rust"), reader_options=options), runner="local")
+    assert summary["sources"]["the-stack"]["documents_out"] == 0  # every file is Python
+    summary = run(ScoreConfig(model=str(model), source="the-stack", input=inputs["the-stack"],
+                              output=str(tmp_path / "python"), reader_options=parse_reader_options(["languages=Python"])),
+                  runner="local")
+    assert summary["sources"]["the-stack"]["documents_out"] == 40

@@ -249,7 +249,7 @@ def test_concurrency_is_bounded(server):
     backend.run(requests, answers.append, lambda: False)
     elapsed = time.perf_counter() - started
     assert len(answers) == 12 and all(a.ok for a in answers)
-    assert 0.55 <= elapsed < 2.0  # 12 requests of 0.2s, 4 at a time: 3 waves
+    assert 0.55 <= elapsed < 2.3  # 12 requests of 0.2s, 4 at a time: 3 waves (one at a time would be 2.4s)
 
 
 # ---------------------------------------------------------------- the command

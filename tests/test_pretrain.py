@@ -271,3 +271,9 @@ def test_checkpoint_from_another_preset_is_refused(corpus, uninterrupted, tmp_pa
 def test_bad_settings_are_refused(corpus, tmp_path, capsys, argv, message):
     out = tmp_path / "o"
     _run_expecting_error(capsys, ["--corpus", str(corpus), "--output", str(out), "--steps", "1", *argv], message, out)
+
+
+def test_token_budget_becomes_whole_steps():
+    config = TrainConfig(corpus="c", output="o", tokens=10_000, micro_batch=4, grad_accum=2, seq_len=32, num_workers=2)
+    assert config.tokens_per_step == 4 * 2 * 32 * 2
+    assert config.total_steps == 20  # ceil(10000 / 512)

@@ -136,9 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, tokenizer=args.tokenizer, concurrency=args.concurrency,
             read_batch_rows=args.read_batch_rows, reader_options=parse_reader_options(args.reader_option),
         )
+        from classifier.artefact import read_artefact
         from edufilter.readers import make_reader
 
-        make_reader(config.source, dict(config.reader_options))  # unknown or bad options fail here, not in a task
+        # A broken model or an unknown reader option fails here, with its reason, not in every Ray task.
+        read_artefact(config.model, verify=True)
+        make_reader(config.source, dict(config.reader_options))
     except ValueError as exc:
         print(f"edufilter score: {exc}", file=sys.stderr)
         return 2

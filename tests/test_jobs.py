@@ -333,3 +333,14 @@ def test_reader_options_reach_the_reader_and_bad_ones_fail_before_ray(model, inp
                               output=str(tmp_path / "python"), reader_options=parse_reader_options(["languages=Python"])),
                   runner="local")
     assert summary["sources"]["the-stack"]["documents_out"] == 40
+
+
+def test_a_broken_model_fails_before_ray_starts(tmp_path, inputs, capsys):
+    from jobs.score import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text("{not json")
+    assert main(["--model", str(tmp_path / "model"), "--source", "jsonl", "--input", inputs["jsonl"],
+                 "--output", str(tmp_path / "out")]) == 2
+    assert "model.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -548,16 +548,26 @@ def test_sighup_reloads_every_model_from_its_directory(client, server, models, s
     old = live.with_name("web-live.old")
     os.replace(live, old)
     os.replace(staged, live)  # the operator's atomic swap of the directory
+    try:
+        assert sighup_and_wait(server, client, scorers["web-b"].version) == {
+            "web": scorers["web-b"].version, "code": scorers["code"].version,
+        }
+        assert 'edufilter_model_reloads_total{domain="web",outcome="ok"}' in client.get("/metrics").text
+    finally:  # put the original model back for the tests that follow
+        shutil.rmtree(live)
+        os.replace(old, live)
+        assert sighup_and_wait(server, client, scorers["web"].version)["web"] == scorers["web"].version
+
+
+def sighup_and_wait(server, client, web_version: str) -> dict[str, str]:
     server.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         versions = {m["domain"]: m["version"] for m in client.get("/v1/models").json()["models"]}
-        if versions["web"] == scorers["web-b"].version:
+        if versions["web"] == web_version:
             break
         time.sleep(0.1)
-    assert versions == {"web": scorers["web-b"].version, "code": scorers["code"].version}
-    shutil.rmtree(old)
-    assert 'edufilter_model_reloads_total{domain="web",outcome="ok"}' in client.get("/metrics").text
+    return versions
 
 
 def test_graceful_shutdown_lets_in_flight_requests_finish(models, tmp_path):

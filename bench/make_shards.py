@@ -84,7 +84,7 @@ def known_urls(web_html: Path) -> dict[Path, str]:
 
 
 def html_pages(web_html: Path) -> list[Path]:
-    pages = [p for p in web_html.rglob("*") if p.is_file() and p.name.endswith((".html", ".html.gz", ".htm"))]
+    pages = [p for p in files_under(web_html) if p.name.endswith((".html", ".html.gz", ".htm"))]
     # Readability's expected.html is its own extraction (ground truth), not a page.
     return sorted(p for p in pages if not p.name.startswith("expected"))
 
@@ -163,11 +163,16 @@ def write_stackoverflow(corpus: Path, out: Path, force: bool) -> dict:
 
 
 def link_as_they_come(corpus: Path, out: Path) -> dict:
-    warc = [_link(p, out / "warc" / p.name) for p in sorted((corpus / "warc").rglob("*.gz"))]
-    jsonl = [_link(p, out / "jsonl" / p.name) for p in sorted((corpus / "web_text").rglob("*")) if p.is_file()]
+    warc = [_link(p, out / "warc" / p.name) for p in files_under(corpus / "warc") if p.name.endswith(".gz")]
+    jsonl = [_link(p, out / "jsonl" / p.name) for p in files_under(corpus / "web_text")]
     html = [_link(p, out / "html" / f"{subset}__{p.name}")
             for subset in HTML_SUBSETS_LINKED for p in sorted((corpus / "web_html" / subset).glob("*.htm*"))]
     return {"warc": warc, "jsonl": jsonl, "html": html}
+
+
+def files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, sorted, following linked folders (Path.rglob does not before 3.13)."""
+    return sorted(Path(root) / name for root, _, names in os.walk(folder, followlinks=True) for name in names)
 
 
 def _link(target: Path, link: Path) -> str:

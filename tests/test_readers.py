@@ -540,3 +540,39 @@ def test_posts_xml_memory_stays_far_below_the_file_size(tmp_path):
         tracemalloc.stop()
     assert threads == 600
     assert peak < size / 10, f"peak {peak:,} bytes for a {size:,}-byte file"
+
+
+@pytest.mark.shared
+def test_make_shards_layout_reads_back_in_every_format(shared, tmp_path):
+    """bench/make_shards.py on a small corpus laid out like ../shared/corpus (real files, linked)."""
+    corpus, mini = shared / "corpus", tmp_path / "shared" / "corpus"
+    aeb = mini / "web_html" / "scrapinghub_aeb"
+    (aeb / "html").mkdir(parents=True)
+    truth = json.loads((corpus / "web_html" / "scrapinghub_aeb" / "ground-truth.json").read_text())
+    kept = sorted(p for p in truth if (corpus / "web_html" / "scrapinghub_aeb" / "html" / f"{p}.html.gz").exists())[:3]
+    (aeb / "ground-truth.json").write_text(json.dumps({k: truth[k] for k in kept}))
+    for page_id in kept:
+        (aeb / "html" / f"{page_id}.html.gz").symlink_to(corpus / "web_html" / "scrapinghub_aeb" / "html" / f"{page_id}.html.gz")
+    for relative in ("stackoverflow/coffee_se", "warc/commoncrawl_whirlwind", "web_text/ccnet", "code",
+                     "labelled/fineweb_edu_classifier_en"):
+        (mini / relative).parent.mkdir(parents=True, exist_ok=True)
+        (mini / relative).symlink_to(corpus / relative)
+    out = tmp_path / "shards"
+    done = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "make_shards.py"),
+                           "--shared", str(mini.parent), "--out", str(out), "--workers", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["refinedweb"]["documents"] == 3
+    expected = {"refinedweb": ("refinedweb", 3), "fineweb": ("fineweb", 751), "the-stack": ("the-stack", 519),
+                "stackoverflow": ("stackoverflow", 180), "stackoverflow-jsonl": ("stackoverflow", 180),
+                "warc": ("warc", 2), "jsonl": ("jsonl", 20)}
+    for folder, (source, count) in expected.items():
+        docs = [d for d in read_documents("auto", out / folder) if isinstance(d, Document)]
+        assert (folder, {d.source for d in docs}, len(docs)) == (folder, {source}, count)
+    urls = {d.url for d in read_documents("refinedweb", out / "refinedweb")}
+    assert urls == {truth[k]["url"] for k in kept}
+    # a rerun keeps what exists
+    again = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "make_shards.py"),
+                            "--shared", str(mini.parent), "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0 and json.loads((out / "manifest.json").read_text())["refinedweb"]["skipped"] == "exists"

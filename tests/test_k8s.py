@@ -571,7 +571,7 @@ def ray_cluster():
     finally:
         try:
             os.killpg(head.pid, signal.SIGTERM)
-            head.wait(timeout=5)
+            head.wait(timeout=2)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
         _kill_cluster_processes(temp_dir)

@@ -17,6 +17,13 @@
 
 Files are sorted and dealt round-robin: file i goes to rank i % world_size, so
 ranks never share a file and a rerun gives each rank the same files.
+
+A bad document inside a good file is yielded as `BadDocument(shard, row, reason, detail)`;
+reasons: empty-text, missing-text, too-large (over `max_bytes`, default 10 MB), not-utf8,
+invalid-json, bad-domain, bad-type, not-html, http-status, no-text-extracted (HTML with no main
+text), bad-post, not-qa-post, orphan-answer (Stack Exchange). A bad file (missing, truncated,
+not the format, missing column, malformed XML) raises `ShardError(path, reason, row=...)`, a
+ValueError whose message names the file and, where known, the row or record.
 """
 
 from __future__ import annotations

@@ -41,6 +41,14 @@ class ByteEstimateCounter:
         )
         return -(-sizes // BYTES_PER_TOKEN_ESTIMATE)
 
+    def count_arrow(self, texts) -> np.ndarray:
+        """The same count straight from an Arrow string column (its UTF-8 bytes), without Python strings."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        sizes = pc.binary_length(texts.cast(pa.large_binary())).to_numpy(zero_copy_only=False).astype(np.int64)
+        return -(-sizes // BYTES_PER_TOKEN_ESTIMATE)
+
 
 class TokenizerCounter:
     """Exact counts with a tokenizer loaded from a local folder (never from a hub)."""

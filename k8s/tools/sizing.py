@@ -114,9 +114,9 @@ def table(results: Path = REPO / "bench" / "results") -> str:
         "project's target), charging every document the most windows a 4000-character web text can take. Run "
         "`python bench/bench_score.py --embedding --device cuda --num-gpus 1` on a GPU node to replace them "
         "with a measurement (bench/results/score_gpu.json; this table then shows it). The prod score RayJob "
-        f"ships {prod_gpus} GPUs in its `gpu` group (about {gpus_needed[0] / prod_gpus * 24:.0f} h at "
-        f"{EFFICIENCIES[0]:.0%}): set its `replicas` to {math.ceil(gpus_needed[0] * 1.3)} (1 GPU each) for a day "
-        "with 30% headroom, and `EDUFILTER_NUM_GPUS` to \"1\".",
+        f"ships its `gpu` group with {prod_gpus} GPUs (fastText needs none): for an embedding model set its "
+        f"`replicas` to {math.ceil(gpus_needed[0] * 1.3)} (1 GPU each; a day at {EFFICIENCIES[0]:.0%} with 30% "
+        "headroom) and `EDUFILTER_NUM_GPUS` to \"1\".",
         "- Either way, the GPU nodes need CPUs to read shards and count tokens: the CPU pipeline's cost beyond "
         f"the bare scorer was {score['pipeline']['seconds'] - score['baseline_bare_scorer']['seconds']:.1f} s "
         f"for {score['input_10x']['documents']:,} documents on {cores} cores (bench/results/score.json), so keep "

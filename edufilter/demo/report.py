@@ -24,6 +24,18 @@ DOMAIN_COLOURS = {"web": "#2563eb", "code": "#059669", "stackoverflow": "#d97706
 SOURCE_COLOURS = ["#2563eb", "#7c3aed", "#059669", "#d97706", "#dc2626", "#0891b2"]
 
 
+DOMAIN_ORDER = ("web", "code", "stackoverflow")
+
+
+def _ordered(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Items in the pipeline's domain order (summary.json stores keys sorted)."""
+    def rank(key: str) -> tuple[int, str]:
+        head = key.split("/")[0].split("+")[0]
+        return (DOMAIN_ORDER.index(head) if head in DOMAIN_ORDER else len(DOMAIN_ORDER), key)
+
+    return sorted(mapping.items(), key=lambda kv: rank(kv[0]))
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -88,7 +100,7 @@ def plot_confusion(matrix: list[list[int]], title: str) -> str:
         ax.set_ylabel("LLM label", fontsize=8)
         ax.set_title(title, fontsize=9)
 
-    return _figure(draw, 3.2, 3.0)
+    return _figure(draw, 2.8, 2.7)
 
 
 def plot_histograms(histograms: dict[str, list[int]]) -> str:
@@ -163,7 +175,7 @@ def plot_timings(steps: list[dict[str, Any]]) -> str:
             ax.text(v, y, f" {v:.1f}s", va="center", fontsize=7)
         ax.set_xlabel("seconds", fontsize=8)
 
-    return _figure(draw, 6.4, 0.35 * max(len(done), 3) + 0.8)
+    return _figure(draw, 6.4, 0.22 * max(len(done), 3) + 0.7)
 
 
 # --------------------------------------------------------------------------- sections
@@ -194,7 +206,7 @@ td.left, th.left { text-align:left; }
 .plots { display:flex; flex-wrap:wrap; gap:12px; align-items:flex-start; }
 img.plot { max-width:100%; border:1px solid var(--line); border-radius:8px; background:#fff; }
 .failure { border-color:#fecaca; background:#fef2f2; } .failure h2 { color:var(--bad); }
-.notes li { color:var(--warn); }
+.notes li { color:var(--warn); } p.facts { margin:0; } p.facts b { color:var(--accent); }
 .examples { display:grid; grid-template-columns:1fr 1fr; gap:14px; }
 .example { border:1px solid var(--line); border-radius:10px; padding:10px 12px; background:var(--bg); }
 .example .meta { font-size:12px; color:var(--muted); margin-bottom:4px; }
@@ -237,7 +249,7 @@ def _labels_section(summary: dict[str, Any]) -> str:
     if not labels:
         return ""
     rows = []
-    for domain, info in labels.items():
+    for domain, info in _ordered(labels):
         hist = info.get("histogram", {})
         cells = "".join(f"<td>{hist.get(str(k), 0)}</td>" for k in LABELS)
         rows.append(f"<tr><td>{_e(domain)}</td><td>{info.get('n', 0)}</td>{cells}"
@@ -257,13 +269,13 @@ def _evaluation_section(summary: dict[str, Any]) -> str:
     keys = [("n", "held-out"), ("f1_at_3", "F1 @3"), ("precision_at_3", "precision @3"), ("recall_at_3", "recall @3"),
             ("macro_f1", "macro-F1"), ("accuracy", "accuracy"), ("spearman", "Spearman"), ("mse", "MSE")]
     rows = []
-    for domain, m in evaluation.items():
+    for domain, m in _ordered(evaluation):
         rows.append(f"<tr><td>{_e(domain)}</td>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in keys)
                     + f"<td class='left'><code>{_e(m.get('model_id', ''))}</code></td></tr>")
     table = ("<table><tr><th>domain</th>" + "".join(f"<th>{_e(t)}</th>" for _, t in keys)
              + "<th class='left'>model</th></tr>" + "".join(rows) + "</table>")
     plots = "".join(plot_confusion(m["confusion_matrix"], f"{domain}: confusion matrix")
-                    for domain, m in evaluation.items() if m.get("confusion_matrix"))
+                    for domain, m in _ordered(evaluation) if m.get("confusion_matrix"))
     lead = ("fastText classifiers trained per domain on a stratified 80% of the labels and evaluated on the "
             "held-out 20% (binary metrics at the keep threshold 3, as FineWeb-Edu reports them). "
             "The bundled sample is small: read these as a smoke test, not as the classifier's quality.")
@@ -275,13 +287,13 @@ def _scoring_section(summary: dict[str, Any]) -> str:
     if not scoring:
         return ""
     rows = []
-    for name, s in scoring.get("sources", {}).items():
+    for name, s in _ordered(scoring.get("sources", {})):
         rows.append(f"<tr><td>{_e(name)}</td><td>{_fmt(s.get('shards'))}</td><td>{_fmt(s.get('documents_in'))}</td>"
                     f"<td>{_fmt(s.get('bad_documents'))}</td><td>{_fmt(s.get('tokens'))}</td>"
                     f"<td>{_fmt(s.get('mean_score'), 2)}</td><td>{_fmt(s.get('preview_kept'))}</td></tr>")
     table = ("<table><tr><th>source</th><th>shards</th><th>documents</th><th>bad</th><th>tokens</th>"
              "<th>mean score</th><th>score ≥ 3</th></tr>" + "".join(rows) + "</table>")
-    hist = {n: s["histogram"] for n, s in scoring.get("sources", {}).items() if s.get("histogram")}
+    hist = {n: s["histogram"] for n, s in _ordered(scoring.get("sources", {})) if s.get("histogram")}
     lead = (f"Every shard scored by <code>edufilter score</code> on an embedded local Ray "
             f"({_e(scoring.get('ray', ''))}); scored shards keep every document with its score.")
     return _section("3 · Scoring the shards", lead, table + (plot_histograms(hist) if hist else ""), "scoring")
@@ -292,19 +304,19 @@ def _selection_section(summary: dict[str, Any]) -> str:
     if not sel:
         return ""
     rows = []
-    for name, s in sel.get("per_source", {}).items():
+    for name, s in _ordered(sel.get("per_source", {})):
         tin, tout = s.get("tokens_in", 0), s.get("tokens_out", 0)
         rows.append(f"<tr><td>{_e(name)}</td><td>{_fmt(s.get('documents_in'))}</td><td>{_fmt(s.get('documents_out'))}</td>"
                     f"<td>{_fmt(tin)}</td><td>{_fmt(tout)}</td><td>{(100 * tout / tin if tin else 0):.0f}%</td></tr>")
     table = ("<table><tr><th>source</th><th>documents in</th><th>documents out</th><th>tokens in</th>"
              "<th>tokens out</th><th>kept</th></tr>" + "".join(rows) + "</table>")
     keys = []
-    for name, k in sel.get("keys", {}).items():
+    for name, k in _ordered(sel.get("keys", {})):
         keys.append(f"<tr><td>{_e(name)}</td><td>{_fmt(k.get('budget'))}</td><td>{_fmt(k.get('tokens_kept'))}</td>"
                     f"<td>{_fmt(k.get('threshold'), 2)}</td></tr>")
     keys_table = ("<table><tr><th>budget key</th><th>token budget</th><th>tokens kept</th><th>effective threshold</th></tr>"
                   + "".join(keys) + "</table>") if keys else ""
-    curves = sel.get("curves") or {}
+    curves = dict(_ordered(sel.get("curves") or {}))
     lead = (f"<code>{_e(sel.get('command', ''))}</code><br>The phi-1.5-web recipe (88B web : 7B code+Q&amp;A tokens) "
             f"scaled by {_e(sel.get('scale', ''))} to fit the sample; budgets are solved per key from the token-weighted "
             "score histograms.")
@@ -362,7 +374,7 @@ def _examples_section(summary: dict[str, Any]) -> str:
 def _glance_section(summary: dict[str, Any]) -> str:
     """The headline numbers, one per stage that ran."""
     kpis = []
-    for domain, m in (summary.get("evaluation") or {}).items():
+    for domain, m in _ordered(summary.get("evaluation") or {}):
         kpis.append((f"{m.get('f1_at_3', 0):.2f}", f"{domain} F1 @3 (held-out)"))
     sel = summary.get("selection") or {}
     if sel.get("tokens") is not None:
@@ -400,13 +412,13 @@ def render_report(summary: dict[str, Any]) -> str:
     overview = ""
     stats = data.get("stats") or {}
     if stats:
-        kpis = [(k.replace("_", " "), v) for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        overview = _section("Data", _e(data.get("description", "")),
-                            '<div class="grid">' + "".join(f'<div class="kpi"><b>{_fmt(v)}</b><span>{_e(k)}</span></div>'
-                                                           for k, v in kpis) + "</div>", "data")
-    parts = [failure, _glance_section(summary), notes_html, overview, _steps_section(summary), _labels_section(summary),
+        items = " · ".join(f"<b>{_fmt(v)}</b> {_e(k.replace('_', ' '))}" for k, v in stats.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool))
+        overview = _section("Data", _e(data.get("description", "")), f"<p class='facts'>{items}</p>", "data")
+    parts = [failure, _glance_section(summary), notes_html, overview, _labels_section(summary),
              _evaluation_section(summary), _scoring_section(summary), _selection_section(summary),
-             _pretraining_section(summary), _service_section(summary), _examples_section(summary)]
+             _pretraining_section(summary), _service_section(summary), _examples_section(summary),
+             _steps_section(summary)]
     title = "edufilter demo report"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

@@ -576,3 +576,10 @@ def test_make_shards_layout_reads_back_in_every_format(shared, tmp_path):
     again = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "bench" / "make_shards.py"),
                             "--shared", str(mini.parent), "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 0 and json.loads((out / "manifest.json").read_text())["refinedweb"]["skipped"] == "exists"
+
+
+def test_jsonl_rows_are_line_numbers(tmp_path):
+    (tmp_path / "gaps.jsonl").write_text('{"text": "a"}\n\n   \n{"text": ""}\n{"text": "b"}\n')
+    items = list(read_documents("jsonl", tmp_path / "gaps.jsonl"))
+    assert [(type(i).__name__, i.row) for i in items] == [("Document", 0), ("BadDocument", 3), ("Document", 4)]
+    assert [i.id for i in items if isinstance(i, Document)] == ["gaps.jsonl:0", "gaps.jsonl:4"]

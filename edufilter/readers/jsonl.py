@@ -12,7 +12,7 @@ from edufilter.readers.base import Reader, ReadResult, ShardError, decode_utf8, 
 
 
 def iter_json_lines(path: str, max_bytes: int) -> Iterator[tuple[int, dict[str, Any] | BadDocument]]:
-    """(row, object) for each non-blank line of a (gzipped) JSONL file; a bad line becomes a BadDocument.
+    """(line number, object) for each non-blank line of a (gzipped) JSONL file; a bad line becomes a BadDocument.
 
     A line longer than `max_bytes` is skipped without being held in memory whole.
     """
@@ -27,14 +27,13 @@ def iter_json_lines(path: str, max_bytes: int) -> Iterator[tuple[int, dict[str, 
                     raise ShardError(path, f"unreadable data ({err})", row=row + 1) from err
                 if not line:
                     return
+                row += 1  # rows are 0-based line numbers, so an error points at the line in an editor
                 if len(line) > max_bytes and not line.endswith(b"\n"):
-                    row += 1
                     size = len(line) + _skip_rest_of_line(stream)
                     yield row, BadDocument(path, row, "too-large", f"line of {size:,} bytes > max_bytes={max_bytes:,}")
                     continue
                 if not line.strip():
                     continue
-                row += 1
                 text = decode_utf8(line, path, row)
                 if isinstance(text, BadDocument):
                     yield row, text

@@ -39,9 +39,9 @@ def _load_tool(path: Path):
     return module
 
 
+pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) ships the Kubernetes schemas")
 kustomize = _load_tool(K8S / "tools" / "kustomize.py")
 validate = _load_tool(K8S / "tools" / "validate.py")
-pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra) ships the Kubernetes schemas")
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,27 @@ def test_image_structure(dockerfile, pyproject):
     assert any(i == "RUN" and '"torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"' in a for i, a in builder)
 
 
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_login_shells_find_the_venv(dockerfile, tmp_path):
+    """KubeRay runs `ray start` (and its wait-gcs-ready init container) under `/bin/bash -lc`; Debian's
+    /etc/profile resets PATH for login shells. The image's /etc/profile.d script must put the venv back."""
+    runtime = parse_dockerfile(dockerfile)[-1]
+    position, match = next(((n, re.search(r"echo '([^']*)' > /etc/profile\.d/\S+\.sh", a))
+                            for n, (i, a) in enumerate(runtime) if i == "RUN" and "/etc/profile.d/" in a), (None, None))
+    assert match, "the runtime stage must write an /etc/profile.d script"
+    assert position < runtime.index(("USER", "1000:1000")), "it must be written before switching to the user"
+    profile = Path("/etc/profile")
+    if not profile.exists() or "PATH=" not in profile.read_text(errors="replace"):
+        pytest.skip("this machine's /etc/profile does not reset PATH: nothing to reproduce")
+    snippet = tmp_path / "venv.sh"
+    snippet.write_text(match.group(1) + "\n")
+    shell = "unset PATH; . /etc/profile; echo \"$PATH\"; . {}; echo \"$PATH\"".format(snippet)
+    before, after = subprocess.run(["bash", "-c", shell], env={"PATH": "/opt/venv/bin:/usr/bin:/bin"},
+                                   capture_output=True, text=True, check=True).stdout.split()
+    assert "/opt/venv/bin" not in before.split(":")  # the problem, reproduced with this machine's Debian profile
+    assert after.split(":")[0] == "/opt/venv/bin"  # the fix
+
+
 def test_gpu_cuda_variant_matches_its_base_image():
     stages = parse_dockerfile(DOCKERFILES[1])
     base = base_image(stages, stages[1])

@@ -94,6 +94,8 @@ def table(results: Path = REPO / "bench" / "results") -> str:
                      f"{WEB_WINDOWS_MAX} windows x {WINDOW_TOKENS} tokens per document",
                      f"{gpus:.1f} GPUs", f"{math.ceil(gpus / GPUS_PER_NODE)} x {GPUS_PER_NODE}-GPU node"))
 
+    overhead_s = score["pipeline"]["seconds"] - score["baseline_bare_scorer"]["seconds"]
+    overhead_cores = docs_per_s_needed / (score["input_10x"]["documents"] / overhead_s / cores)
     lines = [
         BEGIN,
         f"Target: {TOKENS / 1e9:.0f}B tokens = {DOCUMENTS / 1e6:.0f}M documents (RefinedWeb) in 24 h, i.e. "
@@ -118,9 +120,9 @@ def table(results: Path = REPO / "bench" / "results") -> str:
         f"`replicas` to {math.ceil(gpus_needed[0] * 1.3)} (1 GPU each; a day at {EFFICIENCIES[0]:.0%} with 30% "
         "headroom) and `EDUFILTER_NUM_GPUS` to \"1\".",
         "- Either way, the GPU nodes need CPUs to read shards and count tokens: the CPU pipeline's cost beyond "
-        f"the bare scorer was {score['pipeline']['seconds'] - score['baseline_bare_scorer']['seconds']:.1f} s "
-        f"for {score['input_10x']['documents']:,} documents on {cores} cores (bench/results/score.json), so keep "
-        "the `cpu` worker group beside the `gpu` group.",
+        f"the bare scorer was {overhead_s:.1f} s for {score['input_10x']['documents']:,} documents on {cores} cores "
+        f"(bench/results/score.json), i.e. about {overhead_cores:.0f} cores for {docs_per_s_needed:,.0f} documents/s "
+        "(an estimate: the stages overlap), so keep the `cpu` worker group beside the `gpu` group.",
         END,
     ]
     return "\n".join(lines)

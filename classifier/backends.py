@@ -25,7 +25,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 LABEL_PREFIX = "__label__"
-FASTTEXT_ATTEMPTS = 10
+FASTTEXT_ATTEMPTS = 9
 
 
 def expected_label(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -36,41 +36,47 @@ def expected_label(proba: np.ndarray, classes: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- fastText
 
 
-def _fasttext_child(train_path: str, model_path: str, params: dict[str, Any]) -> None:
-    import fasttext
+_FASTTEXT_CHILD = """
+import json, os, sys
+import fasttext
+train_path, model_path, params = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+try:
+    # thread=1: fastText's Hogwild updates make multi-threaded training non-deterministic.
+    model = fasttext.train_supervised(input=train_path, thread=1, verbose=0, label="__label__", loss="softmax", **params)
+except RuntimeError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(3 if "NaN" in str(exc) else 4)
+model.save_model(model_path)
+"""
 
-    try:
-        # thread=1: fastText's Hogwild updates make multi-threaded training non-deterministic.
-        model = fasttext.train_supervised(input=train_path, thread=1, verbose=0, label=LABEL_PREFIX, loss="softmax", **params)
-    except RuntimeError as exc:
-        os._exit(3 if "NaN" in str(exc) else 4)
-    model.save_model(model_path)
-    os._exit(0)
 
+def _train_fasttext_isolated(train_path: str, model_path: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Train in a fresh interpreter; returns the parameters that trained (lr may have been lowered).
 
-def _train_fasttext_isolated(train_path: str, model_path: str, params: dict[str, Any]) -> None:
-    """Train in a fresh child interpreter, retrying on "Encountered NaN".
-
-    The fasttext 0.9.3 wheel aborts with "Encountered NaN" at any learning rate once fastText
-    has been used (or even imported) earlier in the same process, or in the parent of a forked
-    one: a second train_supervised on the same file in one process fails where the first
-    succeeded (measured). A spawned interpreter that imports only fasttext trains reliably, and
-    successful runs are bit-identical, so results stay deterministic.
+    fastText (0.9.2 C++) intermittently aborts with "Encountered NaN" when several models are
+    trained in one long-lived process (the same call on the same file fails or succeeds depending
+    on what the process did before); the first training in a fresh interpreter succeeds, and
+    successful runs are bit-identical (measured), so one subprocess per fit keeps training
+    reliable and deterministic. A run that still diverges is retried, then with half the lr.
     """
-    import multiprocessing
+    import json
+    import subprocess
+    import sys
 
-    ctx = multiprocessing.get_context("spawn")
+    params = dict(params)
     for attempt in range(FASTTEXT_ATTEMPTS):
-        child = ctx.Process(target=_fasttext_child, args=(train_path, model_path, params), daemon=True)
-        child.start()
-        child.join()
-        if child.exitcode == 0 and os.path.exists(model_path):
-            return
-        if child.exitcode != 3:
-            raise RuntimeError(f"fastText training failed (exit status {child.exitcode}) with {params}")
-        log.debug("fastText training aborted with NaN (attempt %d); retrying in a fresh process", attempt + 1)
-    raise RuntimeError(f"fastText training diverged (NaN) {FASTTEXT_ATTEMPTS} times with {params}")
-
+        proc = subprocess.run(
+            [sys.executable, "-c", _FASTTEXT_CHILD, train_path, model_path, json.dumps(params)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode == 0 and os.path.exists(model_path):
+            return params
+        if proc.returncode != 3:
+            raise RuntimeError(f"fastText training failed with {params}: {proc.stderr.strip()[-500:]}")
+        if attempt % 3 == 2:
+            log.warning("fastText diverged at lr=%s; retrying with lr=%s", params["lr"], params["lr"] / 2)
+            params["lr"] = params["lr"] / 2
+    raise RuntimeError(f"fastText training diverged (NaN) {FASTTEXT_ATTEMPTS} times, last with {params}")
 
 
 class FastTextBackend:
@@ -93,10 +99,10 @@ class FastTextBackend:
                 for text, score in zip(texts, scores):
                     f.write(f"{LABEL_PREFIX}{int(score)} {text}\n")
             model_path = os.path.join(tmp, "model.bin")
-            _train_fasttext_isolated(path, model_path, {**params, "seed": int(seed)})
+            params = _train_fasttext_isolated(path, model_path, {**params, "seed": int(seed)})
             model = fasttext.load_model(model_path)
         backend = cls(model)
-        backend.effective_params = params
+        backend.effective_params = {k: v for k, v in params.items() if k != "seed"}
         return backend
 
     def save(self, directory: Path) -> list[str]:

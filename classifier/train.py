@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 # fastText candidates tried by cross-validation. Few hundred labels: small dimension, many
 # epochs, bigrams and character n-grams (subwords help with code identifiers and rare words).
 FASTTEXT_GRID: list[dict[str, Any]] = [
-    {"lr": 0.1, "epoch": 20, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
-    {"lr": 0.1, "epoch": 20, "dim": 32, "wordNgrams": 2, "minn": 3, "maxn": 5},
-    {"lr": 0.2, "epoch": 10, "dim": 32, "wordNgrams": 1, "minn": 0, "maxn": 0},
+    {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
+    {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 3, "maxn": 5},
+    {"lr": 0.2, "epoch": 60, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
 ]
 FASTTEXT_FIXED = {"bucket": 200_000, "minCount": 1}
 TFIDF_GRID: list[dict[str, Any]] = [{"alpha": a} for a in (0.3, 1.0, 3.0, 10.0)]
@@ -235,7 +235,8 @@ def train_model(labels: str | list[str] | LabelSet, output: str, config: TrainCo
             "calibration": calibration,
             "batch_size": 64 if config.kind == "embedding" else 1024,
         },
-        "hyperparameters": {**(FASTTEXT_FIXED if config.kind == "fasttext" else {}), **params}
+        "hyperparameters": {**(FASTTEXT_FIXED if config.kind == "fasttext" else {}), **params,
+                            **getattr(fitted, "effective_params", {})}
         | ({"head": config.head} if config.kind == "embedding" else {}),
         "seed": config.seed,
         "training_data": {

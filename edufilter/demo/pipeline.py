@@ -604,6 +604,8 @@ def collect_examples(demo: Demo, per_side: int = 4) -> dict[str, list[dict[str, 
         rows.sort(key=lambda r: -r["score"])
         candidates.append((name, rows))
     kept, dropped = [], []
+    if not candidates:
+        return {"kept": [], "dropped": []}
     for i in range(per_side):
         name, rows = candidates[i % len(candidates)]
         if rows:
@@ -842,7 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="run on the shared real data instead of the bundled sample, e.g. ../shared/corpus")
     p.add_argument("--fast", action="store_true",
-                   help="quick variant for CI: no hyperparameter search, 20 pretraining steps")
+                   help="quick variant for CI: no cross-validated calibration, 20 pretraining steps")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default 300; 20 with --fast)")
     p.add_argument("--num-cpus", type=int, default=None,
                    help="CPUs of the embedded local Ray (default: min(4, this machine's cores))")

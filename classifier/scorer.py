@@ -11,6 +11,11 @@ Score pipeline for one text:
   calibration                      -> monotone piecewise-linear map fitted on cross-validated
                                       predictions of the training labels (identity when absent)
   clip to [0, 5]                   -> score (float32); int_score = round half up; keep = score >= threshold
+
+A text scores the same alone or in any batch: bit-identical for fastText and TF-IDF; for embedding
+models equal up to float32 rounding (~1e-6), because the encoder's and the head's BLAS kernels sum
+in an order that depends on the batch shape (every chunk is padded to the same length, so nothing
+else depends on the batch).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 # epochs, bigrams and character n-grams (subwords help with code identifiers and rare words).
 FASTTEXT_GRID: list[dict[str, Any]] = [
     {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
+    {"lr": 0.5, "epoch": 60, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
     {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 3, "maxn": 5},
-    {"lr": 0.2, "epoch": 60, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
 ]
 FASTTEXT_FIXED = {"bucket": 200_000, "minCount": 1}
 TFIDF_GRID: list[dict[str, Any]] = [{"alpha": a} for a in (0.3, 1.0, 3.0, 10.0)]

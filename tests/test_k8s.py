@@ -493,7 +493,11 @@ def test_readme_sizing_table_is_generated_from_the_measured_results(tmp_path):
     # A GPU measurement, when one is recorded, becomes a measured row of its own.
     shutil.copy(REPO / "bench" / "results" / "score.json", tmp_path / "score.json")
     (tmp_path / "score_gpu.json").write_text(json.dumps({"mode": "embedding", "pipeline": {"docs_per_s": 5000.0}}))
-    assert "| embedding (H200) | 5,000 docs/s per GPU | **measured** on a GPU" in sizing.table(tmp_path)
+    (tmp_path / "classifier.json").write_text(json.dumps(
+        {"speed": {"embedding": {"docs_per_s": 20.0, "torch_threads": 2, "max_chunks": 8}}}))
+    table = sizing.table(tmp_path)
+    assert "| embedding (H200) | 5,000 docs/s per GPU | **measured** on a GPU" in table
+    assert "| embedding (CPU) | 10.0 docs/s per core" in table and "| 1,120 cores |" in table
 
 
 def test_readme_paths_exist():

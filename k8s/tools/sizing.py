@@ -1,8 +1,9 @@
 """The sizing table of k8s/README.md: nodes needed to score 600B RefinedWeb tokens in one day.
 
 Computed from the measured benchmark results (bench/results/score.json: `edufilter score` end to
-end; bench/results/score_gpu.json when the embedding scorer was measured on a GPU) and, where no
-measurement exists, from a stated FLOP estimate. Every figure says which it is.
+end; bench/results/classifier.json: the embedding Scorer on CPU; bench/results/score_gpu.json when
+the embedding scorer was measured on a GPU) and, where no measurement exists, from a stated FLOP
+estimate. Every figure says which it is.
 
     python k8s/tools/sizing.py            # print the table
     python k8s/tools/sizing.py --write    # replace it in k8s/README.md (tests/test_k8s.py checks they agree)
@@ -74,6 +75,16 @@ def table(results: Path = REPO / "bench" / "results") -> str:
          f"{cores_by_docs:.1f} cores (by documents; {cores_by_bytes:.1f} by bytes)",
          f"{math.ceil(cores_needed / CPU_NODE_VCPUS)} x {CPU_NODE_VCPUS}-vCPU node"),
     ]
+    classifier_file = results / "classifier.json"
+    embedding_cpu = json.loads(classifier_file.read_text(encoding="utf-8")).get("speed", {}).get("embedding") \
+        if classifier_file.is_file() else None
+    if embedding_cpu:
+        per_core = embedding_cpu["docs_per_s"] / embedding_cpu["torch_threads"]
+        needed = docs_per_s_needed / per_core
+        rows.append(("embedding (CPU)", f"{per_core:,.1f} docs/s per core ({embedding_cpu['docs_per_s']:.1f} docs/s "
+                     f"on {embedding_cpu['torch_threads']} torch threads, up to {embedding_cpu['max_chunks']} windows)",
+                     "**measured** on CPU: the embedding Scorer alone, bench/results/classifier.json",
+                     f"{needed:,.0f} cores", f"{math.ceil(needed / CPU_NODE_VCPUS):,} x {CPU_NODE_VCPUS}-vCPU nodes"))
     gpu_file = results / "score_gpu.json"
     if gpu_file.is_file():
         gpu = json.loads(gpu_file.read_text(encoding="utf-8"))

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared data folder")
     p.add_argument("--shards", type=int, default=2,
                    help="input shards of the 1x run; the 10x run has ten times as many (same size each)")
-    p.add_argument("--shard-mb", type=float, default=4.0, help="MB of text per shard")
+    p.add_argument("--shard-mb", type=float, default=8.0, help="MB of text per shard")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
     p.add_argument("--batch-size", type=int, default=512, help="documents per scoring call (both sides)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side counts")
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens = encoder_tokens(model, ten)
             limit = args.peak_tflops * 1e12 / MINILM_FLOP_PER_TOKEN
             result["embedding"] = {
-                "encoder_tokens_1x": tokens,
+                "encoder_tokens_10x": tokens,
                 "bare_tokens_per_s": round(tokens / best_bare),
                 "pipeline_tokens_per_s": round(tokens / best_pipe),
                 "flop_limit_tokens_per_s": round(limit),

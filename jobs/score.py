@@ -8,8 +8,12 @@ RayJob (both set RAY_ADDRESS, so the job joins the cluster). The stages are in
 `jobs.stages` and know nothing of Ray; this module only wires them:
 
     from_items(one row per input shard)
-      -> map_batches(ReadShard)        one task per shard (a corrupt shard fails alone)
-      -> map_batches(StagePipeline)    actor pool: ScoreDocuments -> CountTokens -> WriteParts
+      CPU scorer (fastText):
+      -> map_batches(ShardPipeline)    actor pool, one task per shard: ReadShard -> ScoreDocuments
+                                       -> CountTokens -> WriteParts (a corrupt shard fails alone)
+      GPU scorer (embeddings, --num-gpus):
+      -> map_batches(ReadShard)        CPU tasks, one per shard
+      -> map_batches(StagePipeline)    GPU actor pool: ScoreDocuments -> CountTokens -> WriteParts
       -> driver: receipts -> assemble each finished shard, stats, completion marker
 
 On a cluster OUT_DIR must be a filesystem every node sees (NFS, a shared PVC).
@@ -37,6 +41,7 @@ from jobs.stages import (
     CountTokens,
     ReadShard,
     ScoreDocuments,
+    ShardPipeline,
     StagePipeline,
     StageResources,
     WriteParts,
@@ -105,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="pretraining tokenizer folder for exact token counts (default: estimate, 4 UTF-8 bytes/token)")
     p.add_argument("--concurrency", type=int, default=None,
-                   help="scoring actors (default: autoscale from 1 to the cluster's CPUs minus one, or its GPUs)")
+                   help="scoring actors (default: autoscale from 1 to the cluster's CPUs, or GPUs / --num-gpus)")
     p.add_argument("--read-batch-rows", type=int, default=2000, help="documents per block produced by a read task")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the source's reader, VALUE as JSON or a plain string "
@@ -289,7 +294,7 @@ def score_locally(config: ScoreConfig, todo: list[tuple[str, str]], out: ScoredD
     """The same stages and assembly without Ray, in this process (tests compare it with the Ray output)."""
     read, stages = build_stages(config)
     assembler = ShardAssembler(config, todo, out, stages[1].counter_name)
-    for receipts in run_local(read, StagePipeline(stages), task_table(todo), batch_size=config.batch_size):
+    for receipts in run_local(read, stages, task_table(todo), batch_size=config.batch_size):
         assembler.add(receipts)
     completed, failures = assembler.close()
     return completed, failures, 0
@@ -331,35 +336,36 @@ def _execute(ray, config: ScoreConfig, todo: list[tuple[str, str]], out: ScoredD
     cpus = max(1, int(cluster.get("CPU", 1)))
     read, stages = build_stages(config)
     resources = pipeline_resources(stages)
-    if config.concurrency:
-        pool = ray.data.ActorPoolStrategy(size=config.concurrency)
-    elif config.num_gpus:
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(cluster.get("GPU", 1) // config.num_gpus)))
-    else:
-        # Leave one CPU to the read tasks, which extract HTML and decompress.
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, cpus - 1))
-    log.info("scoring %d shards: actors %s with %s each; read tasks with %s", len(todo), pool, resources,
-             read.resources)
-
-    # One block per input shard, so that each read task reads exactly one shard.
+    # One block per input shard, so that one task handles exactly one shard.
     ds = ray.data.from_items(task_table(todo).to_pylist(), override_num_blocks=len(todo))
-    # The read tasks are capped at one per CPU (at most that many shards are open at once, which
-    # bounds memory). The cap also differs from the actor pool's size on purpose: Ray Data fuses a
-    # task map into the next actor map when the sizes match, and then reading (HTML extraction,
-    # decompression) would run inside the scoring actors instead of beside them.
-    read_tasks = cpus + (1 if cpus == (pool.max_size or cpus) else 0)
-    warnings.filterwarnings("ignore", message=".*concurrent tasks for 'MapBatches\\(ReadShard\\)'.*")
-    ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=read.resources.num_cpus,
-                        compute=ray.data.TaskPoolStrategy(size=read_tasks))
-    ds = ds.map_batches(
-        StagePipeline,
-        fn_constructor_args=(stages,),
-        batch_size=resources.batch_size,
-        batch_format="pyarrow",
-        compute=pool,
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus or None,
-    )
+    if not config.num_gpus:
+        # CPU scorer (fastText): each actor reads a shard and scores it itself, so every CPU
+        # scores and no text crosses the object store. The Scorer loads once per actor.
+        pool = ray.data.ActorPoolStrategy(size=config.concurrency) if config.concurrency else \
+            ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(todo)))
+        log.info("scoring %d shards: up to %s actors reading and scoring, %s each", len(todo), pool.max_size,
+                 resources)
+        ds = ds.map_batches(ShardPipeline, fn_constructor_args=(read, stages, resources.batch_size), batch_size=1,
+                            batch_format="pyarrow", compute=pool, num_cpus=resources.num_cpus)
+    else:
+        # GPU scorer (embeddings): read tasks on CPUs feed actors that hold the GPUs.
+        gpus = cluster.get("GPU", 0)
+        if gpus < config.num_gpus:
+            raise RuntimeError(f"--num-gpus {config.num_gpus} per actor, but the cluster has {gpus} GPUs")
+        pool = ray.data.ActorPoolStrategy(size=config.concurrency) if config.concurrency else \
+            ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // config.num_gpus)))
+        # Read tasks are capped at one per CPU (at most that many shards open at once bounds memory);
+        # the cap differs from the pool size on purpose: Ray Data fuses a task map into the next
+        # actor map when they match, which would move reading onto the GPU actors.
+        read_tasks = cpus + (1 if cpus == pool.max_size else 0)
+        warnings.filterwarnings("ignore", message=".*concurrent tasks for 'MapBatches\\(ReadShard\\)'.*")
+        log.info("scoring %d shards: %s GPU actors with %s each; up to %d read tasks", len(todo), pool.max_size,
+                 resources, read_tasks)
+        ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=read.resources.num_cpus,
+                            compute=ray.data.TaskPoolStrategy(size=read_tasks))
+        ds = ds.map_batches(StagePipeline, fn_constructor_args=(stages,), batch_size=resources.batch_size,
+                            batch_format="pyarrow", compute=pool, num_cpus=resources.num_cpus,
+                            num_gpus=resources.num_gpus)
 
     assembler = ShardAssembler(config, todo, out, stages[1].counter_name)
     try:

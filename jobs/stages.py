@@ -327,6 +327,26 @@ class StagePipeline:
             )
 
 
+class ShardPipeline:
+    """Reads whole shards and runs the stages on their batches, all in one worker.
+
+    This is the CPU layout: each worker takes one shard at a time (one task per shard),
+    so every CPU scores, reading and extraction spread over the same workers, and no
+    document text crosses the object store. Jobs with GPU scorers keep reading on CPU
+    tasks instead, feeding StagePipeline actors that hold the GPUs.
+    """
+
+    def __init__(self, read: ReadShard, stages: Sequence[Callable[[pa.Table], pa.Table]], batch_size: int):
+        self.read = read
+        self.pipeline = StagePipeline(stages)
+        self.batch_size = batch_size
+
+    def __call__(self, tasks: pa.Table) -> Iterator[pa.Table]:
+        for batch in self.read(tasks):
+            for start in range(0, batch.num_rows, self.batch_size):
+                yield self.pipeline(batch.slice(start, self.batch_size))
+
+
 def pipeline_resources(stages: Iterable[Any]) -> StageResources:
     """Resources of one worker running several stages: the most any one of them declares."""
     stages = list(stages)
@@ -343,12 +363,11 @@ def task_table(paths_and_keys: Iterable[tuple[str, str]]) -> pa.Table:
     return pa.table({"path": [p for p, _ in pairs], SHARD_KEY: [k for _, k in pairs]})
 
 
-def run_local(read: ReadShard, pipeline: StagePipeline, tasks: pa.Table, batch_size: int = 256) -> Iterator[pa.Table]:
+def run_local(read: ReadShard, stages: Sequence[Any], tasks: pa.Table, batch_size: int = 256) -> Iterator[pa.Table]:
     """The same stages without Ray, in this process: yields the receipts the Ray job would yield."""
+    worker = ShardPipeline(read, stages, batch_size)
     for i in range(tasks.num_rows):
-        for batch in read(tasks.slice(i, 1)):
-            for start in range(0, batch.num_rows, batch_size):
-                yield pipeline(batch.slice(start, batch_size))
+        yield from worker(tasks.slice(i, 1))
 
 
 def documents_table(documents: Iterable[Document]) -> pa.Table:

@@ -62,7 +62,9 @@ def scored(ray_local, model, inputs, tmp_path_factory) -> Path:
     """Every format scored through the embedded Ray into ONE folder (as the phi recipe would)."""
     out = tmp_path_factory.mktemp("jobs-scored")
     for source, glob in inputs.items():
-        assert score_cli(model, source, glob, out) == 0, source
+        rc = score_cli(model, source, glob, out)
+        summary = json.loads((out / "_summary.json").read_text()) if (out / "_summary.json").exists() else None
+        assert rc == 0, f"{source}: exit {rc}, failures: {summary and summary['failed_shards']}"
     return out
 
 
@@ -253,7 +255,7 @@ def _scoring_actor_pids() -> list[int]:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"StagePipeline" in cmdline:
+        if b"ShardPipeline" in cmdline or b"StagePipeline" in cmdline:
             pids.append(int(entry))
     return pids
 

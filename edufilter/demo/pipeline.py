@@ -103,9 +103,8 @@ def call_cli(args: list[str]) -> int:
 def call_cli_subprocess(args: list[str], env: dict[str, str] | None = None) -> int:
     """Run `edufilter ARGS` as a child process (output into this step's log); StepFailed on non-zero exit.
 
-    Used for training: fastText keeps process-wide state between `train_supervised` calls, and a
-    third model trained in the same process can diverge ("Encountered NaN") where a fresh process
-    does not, so each model gets its own process, exactly as a user running the command would.
+    Used where process-wide state matters: fastText training (a third model fitted in one process
+    could diverge with "Encountered NaN") and pretraining (its own torch thread setting).
     """
     print(f"$ edufilter {' '.join(args)}", flush=True)
     sys.stdout.flush()
@@ -313,13 +312,11 @@ def step_train(demo: Demo) -> str:
         model_dir = cfg.path("models", domain)
         args = ["train", "--labels", str(train_path), "--domain", domain, "--kind", "fasttext", "--output",
                 str(model_dir), "--seed", str(cfg.seed), "--no-progress"]
-        # The sample gives each model only 40-100 labels. fastText's default search grid (lr <= 0.2,
-        # <= 20 epochs) is tuned for thousands and underfits here to a constant prediction, so the
-        # demo fixes hyperparameters that fit a small label set (checked on the held-out split).
-        args += ["--params", json.dumps(SMALL_DATA_FASTTEXT)]
-        # A linear calibration keeps scores continuous (an isotonic fit on a few dozen labels is a
-        # staircase); --fast skips the cross-validated predictions it is fitted on.
-        args += ["--cv-folds", "0", "--calibration", "none"] if cfg.fast else ["--calibration", "linear"]
+        # The full demo trains exactly as `edufilter train` does by default: cross-validated choice of
+        # hyperparameters and an isotonic calibration fitted on the cross-validated predictions.
+        # --fast trains once, with hyperparameters that suit a label set this small, uncalibrated.
+        if cfg.fast:
+            args += ["--params", json.dumps(SMALL_DATA_FASTTEXT), "--cv-folds", "0", "--calibration", "none"]
         call_cli_subprocess(args)
         demo.models[domain] = model_dir
         parts.append(f"{domain} ({n_train} train / {n_test} held out)")

@@ -14,8 +14,10 @@ Measured in one run, on the same documents:
   pipeline   `jobs.score.run()` through Ray Data on an embedded local Ray of --num-cpus CPUs (started
              before the clock, as a cluster would be): read tasks, the scoring actor pool, token
              counting, part files, shard assembly, stats. Docs/s and MB/s of document text.
-  ratio      pipeline / baseline throughput on the 10x input (target >= 0.7 for fastText on 2 cores);
-             the 1x and 10x pipeline times also give the per-job fixed cost (actor start, model load).
+  ratio      pipeline / baseline throughput on the 10x input, end to end (target >= 0.7 for fastText
+             on 2 cores). The 1x and 10x pipeline times also split the pipeline's time into a per-job
+             fixed cost (actor start, imports, model load) and a per-MB rate: `ratio_steady_state` is
+             that rate against the baseline, i.e. the ratio on a corpus large enough to amortise it.
   memory     peak RSS summed over this process and every Ray process it started (sampled every
              0.1 s), for 1x and 10x the number of input shards of the same size: it must not grow
              with the shard count, because reads are capped at one task per CPU and a shard is
@@ -199,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared data folder")
     p.add_argument("--shards", type=int, default=2,
                    help="input shards of the 1x run; the 10x run has ten times as many (same size each)")
-    p.add_argument("--shard-mb", type=float, default=8.0, help="MB of text per shard")
+    p.add_argument("--shard-mb", type=float, default=16.0, help="MB of text per shard")
     p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the embedded Ray")
     p.add_argument("--batch-size", type=int, default=512, help="documents per scoring call (both sides)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each side counts")
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline": {"seconds": round(best_pipe, 3), "docs_per_s": round(len(ten) / best_pipe, 1),
                          "mb_per_s": round(mb_10x / best_pipe, 3)},
             "ratio_pipeline_vs_bare": round(best_bare / best_pipe, 3),
+            "ratio_steady_state": round((1 / per_mb) / (mb_10x / best_bare), 3) if per_mb > 0 else None,
             "target_ratio": 0.7,
             "input_1x": {"shards": args.shards, "documents": len(one), "megabytes": round(mb_1x, 2),
                          "pipeline_seconds": round(best_1x, 3)},
@@ -283,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             }
     write_json_atomic(output, result)
     print(json.dumps(result, indent=2))
-    print(f"ratio pipeline/bare = {result['ratio_pipeline_vs_bare']:.2f} (target >= 0.7); "
+    print(f"ratio pipeline/bare = {result['ratio_pipeline_vs_bare']:.2f} end to end, "
+          f"{result['ratio_steady_state']} steady state (target >= 0.7); "
           f"peak memory 10x/1x shards = {result['peak_rss_growth_10x_vs_1x']:.2f}")
     return 0
 

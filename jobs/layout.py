@@ -27,10 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from edufilter.io import write_json_atomic, write_parquet_atomic, write_text_atomic
-from jobs.stages import SCORED_SCHEMA, score_bins
-
-STATS_VERSION = 1
-
+from jobs.stages import SCORED_SCHEMA, shard_stats
 
 class IncompleteShard(RuntimeError):
     pass
@@ -90,6 +87,8 @@ class ScoredDir:
     def discard_parts(self, key: str) -> None:
         """Forget an unfinished attempt of a shard: it is redone from its first row."""
         shutil.rmtree(self.parts_dir(key), ignore_errors=True)
+        for stale in self.root.glob(f".{key}.parquet.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     def finalize(self, progress: ShardProgress, *, source: str, token_counter: str, keep_threshold: float,
                  started: float) -> dict[str, Any]:
@@ -114,51 +113,14 @@ class ScoredDir:
         write_parquet_atomic(self.shard_path(progress.key), table)
         stats = shard_stats(table, end, key=progress.key, source=source, token_counter=token_counter,
                             keep_threshold=keep_threshold, seconds=time.time() - started)
-        write_json_atomic(self.stats_path(progress.key), stats)
-        # The marker is the commit point: written after the shard and its stats exist.
-        write_text_atomic(self.marker_path(progress.key), f"{progress.path}\n")
+        self.commit(progress.key, progress.path, stats)
         self.discard_parts(progress.key)
         return stats
 
-
-def shard_stats(table: pa.Table, end: dict[str, Any], *, key: str, source: str, token_counter: str,
-                keep_threshold: float, seconds: float) -> dict[str, Any]:
-    scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
-    int_scores = table["int_score"].to_numpy(zero_copy_only=False).astype(np.int64)
-    tokens = table["tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
-    text_bytes = pc.sum(pc.binary_length(table["text"].cast(pa.large_binary()))).as_py() or 0
-    bins = score_bins(scores)
-    domains = np.asarray(table["domain"].to_pylist(), dtype=object)
-    fine: dict[str, dict[str, list[int]]] = {}
-    for domain in sorted(set(domains.tolist())):
-        mask = domains == domain
-        docs_per_bin = np.bincount(bins[mask], minlength=1)
-        tokens_per_bin = np.bincount(bins[mask], weights=tokens[mask], minlength=1)
-        fine[domain] = {str(b): [int(docs_per_bin[b]), int(tokens_per_bin[b])] for b in np.nonzero(docs_per_bin)[0]}
-    keep = scores >= keep_threshold
-    bad = end.get("bad", {})
-    return {
-        "stats_version": STATS_VERSION,
-        "shard_key": key,
-        "path": end.get("path"),
-        "source": source,
-        "domains": dict(Counter(table["domain"].to_pylist())),
-        "models": sorted(set(zip(table["model"].to_pylist(), table["model_version"].to_pylist()))),
-        "token_counter": token_counter,
-        "documents_in": int(end.get("documents", 0)) + int(sum(bad.values())),
-        "documents_out": table.num_rows,
-        "bad": bad,
-        "bad_examples": end.get("bad_examples", []),
-        "bytes": int(text_bytes),
-        "tokens": int(tokens.sum()),
-        "keep_threshold": keep_threshold,
-        "kept_documents": int(keep.sum()),
-        "kept_tokens": int(tokens[keep].sum()),
-        "score_histogram": np.bincount(np.clip(int_scores, 0, 5), minlength=6).tolist(),
-        "token_histogram": fine,  # domain -> 0.01-wide score bin -> [documents, tokens]
-        "read_seconds": end.get("read_seconds"),
-        "seconds": round(seconds, 3),
-    }
+    def commit(self, key: str, path: str, stats: dict[str, Any]) -> None:
+        """Record a shard whose output file is in place: stats, then the marker (the commit point)."""
+        write_json_atomic(self.stats_path(key), stats)
+        write_text_atomic(self.marker_path(key), f"{path}\n")
 
 
 def summarize(out: ScoredDir, failures: dict[str, dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:

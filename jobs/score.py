@@ -10,8 +10,8 @@ RayJob (both set RAY_ADDRESS, so the job joins the cluster). The stages are in
     from_items(one row per input shard)
       CPU scorer (fastText):
       -> map_batches(ShardPipeline)    actor pool, one task per shard: ReadShard -> ScoreDocuments
-                                       -> CountTokens -> WriteParts (a corrupt shard fails alone)
-      GPU scorer (embeddings, --num-gpus):
+                                       -> CountTokens -> the shard's output file, streamed once
+      GPU scorer (embeddings, --num-gpus), or --separate-readers:
       -> map_batches(ReadShard)        CPU tasks, one per shard
       -> map_batches(StagePipeline)    GPU actor pool: ScoreDocuments -> CountTokens -> WriteParts
       -> driver: receipts -> assemble each finished shard, stats, completion marker
@@ -71,6 +71,7 @@ class ScoreConfig:
     concurrency: int | None = None
     read_batch_rows: int = 2000
     reader_options: tuple[tuple[str, Any], ...] = ()  # e.g. (("languages", ["Python"]),) for the-stack
+    separate_readers: bool = False  # read in CPU tasks apart from the scoring actors (always with GPUs)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -110,8 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="pretraining tokenizer folder for exact token counts (default: estimate, 4 UTF-8 bytes/token)")
     p.add_argument("--concurrency", type=int, default=None,
-                   help="scoring actors (default: autoscale from 1 to the cluster's CPUs, or GPUs / --num-gpus)")
+                   help="scoring actors (default: one per CPU of the cluster, at most one per shard; GPU jobs: "
+                   "autoscale up to GPUs / --num-gpus)")
     p.add_argument("--read-batch-rows", type=int, default=2000, help="documents per block produced by a read task")
+    p.add_argument("--separate-readers", action="store_true",
+                   help="read shards in CPU tasks apart from the scoring actors (the layout GPU jobs always use; "
+                   "default for CPU scorers: each actor reads and scores its own shard)")
     p.add_argument("--reader-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the source's reader, VALUE as JSON or a plain string "
                    "(e.g. languages='[\"Python\"]' for the-stack, text_field=content for jsonl); repeatable")
@@ -140,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             ray_address=args.ray_address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
             batch_size=args.batch_size, tokenizer=args.tokenizer, concurrency=args.concurrency,
             read_batch_rows=args.read_batch_rows, reader_options=parse_reader_options(args.reader_option),
+            separate_readers=args.separate_readers,
         )
         from classifier.artefact import read_artefact
         from edufilter.readers import make_reader
@@ -219,11 +225,11 @@ def _model_keep_threshold(model_dir: str) -> float:
 
 
 def build_stages(config: ScoreConfig) -> tuple[ReadShard, list[Any]]:
-    """The job's stages, the same for the Ray and the local runner."""
+    """The job's reader and batch stages, the same for the Ray and the local runner."""
     score_stage = ScoreDocuments(
         config.model, StageResources(num_cpus=1.0, num_gpus=config.num_gpus, batch_size=config.batch_size))
-    return ReadShard(config.source, batch_rows=config.read_batch_rows, options=dict(config.reader_options)), [
-        score_stage, CountTokens(config.tokenizer), WriteParts(config.output)]
+    read = ReadShard(config.source, batch_rows=config.read_batch_rows, options=dict(config.reader_options))
+    return read, [score_stage, CountTokens(config.tokenizer)]
 
 
 class ShardAssembler:
@@ -242,6 +248,14 @@ class ShardAssembler:
     def add(self, receipts: pa.Table) -> None:
         for r in receipts.to_pylist():
             shard = self.progress[r[SHARD_KEY]]
+            if r["kind"] == "shard":  # a whole shard written by one worker (CPU layout)
+                if shard.key not in self.completed and shard.key not in self.failures:
+                    stats = json.loads(r["info"])
+                    self.out.commit(shard.key, shard.path, stats)
+                    self.completed[shard.key] = stats
+                    log.info("shard done: %s (%d documents, %d tokens)", shard.path, stats["documents_out"],
+                             stats["tokens"])
+                continue
             if r["kind"] == "part":
                 shard.parts[r["part"]] = r["rows"]
             elif r["kind"] == "end":
@@ -291,10 +305,11 @@ class ShardAssembler:
 
 
 def score_locally(config: ScoreConfig, todo: list[tuple[str, str]], out: ScoredDir):
-    """The same stages and assembly without Ray, in this process (tests compare it with the Ray output)."""
+    """The same worker and assembly without Ray, in this process (tests compare it with the Ray output)."""
     read, stages = build_stages(config)
     assembler = ShardAssembler(config, todo, out, stages[1].counter_name)
-    for receipts in run_local(read, stages, task_table(todo), batch_size=config.batch_size):
+    worker = ShardPipeline(read, stages, config.batch_size, config.output, config.source)
+    for receipts in run_local(worker, task_table(todo)):
         assembler.add(receipts)
     completed, failures = assembler.close()
     return completed, failures, 0
@@ -338,34 +353,39 @@ def _execute(ray, config: ScoreConfig, todo: list[tuple[str, str]], out: ScoredD
     resources = pipeline_resources(stages)
     # One block per input shard, so that one task handles exactly one shard.
     ds = ray.data.from_items(task_table(todo).to_pylist(), override_num_blocks=len(todo))
-    if not config.num_gpus:
+    if not config.num_gpus and not config.separate_readers:
         # CPU scorer (fastText): each actor reads a shard and scores it itself, so every CPU
         # scores and no text crosses the object store. The Scorer loads once per actor.
-        pool = ray.data.ActorPoolStrategy(size=config.concurrency) if config.concurrency else \
-            ray.data.ActorPoolStrategy(min_size=1, max_size=min(cpus, len(todo)))
+        # A fixed pool: all actors start (and load the model) at once instead of one by one.
+        pool = ray.data.ActorPoolStrategy(size=config.concurrency or min(cpus, len(todo)))
         log.info("scoring %d shards: up to %s actors reading and scoring, %s each", len(todo), pool.max_size,
                  resources)
-        ds = ds.map_batches(ShardPipeline, fn_constructor_args=(read, stages, resources.batch_size), batch_size=1,
-                            batch_format="pyarrow", compute=pool, num_cpus=resources.num_cpus)
+        ds = ds.map_batches(ShardPipeline, fn_constructor_args=(read, stages, resources.batch_size, config.output,
+                                                                config.source),
+                            batch_size=1, batch_format="pyarrow", compute=pool, num_cpus=resources.num_cpus)
     else:
-        # GPU scorer (embeddings): read tasks on CPUs feed actors that hold the GPUs.
+        # GPU scorer (embeddings) or --separate-readers: read tasks on CPUs feed the scoring actors
+        # (which hold the GPUs); batches of several shards are scored together, written as part
+        # files, and the driver assembles each shard once all its parts are in.
         gpus = cluster.get("GPU", 0)
         if gpus < config.num_gpus:
-            raise RuntimeError(f"--num-gpus {config.num_gpus} per actor, but the cluster has {gpus} GPUs")
+            raise ValueError(f"--num-gpus {config.num_gpus} per actor, but the Ray cluster has {gpus} GPUs")
+        most = int(gpus // config.num_gpus) if config.num_gpus else max(1, cpus - 1)
         pool = ray.data.ActorPoolStrategy(size=config.concurrency) if config.concurrency else \
-            ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(gpus // config.num_gpus)))
+            ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, most))
         # Read tasks are capped at one per CPU (at most that many shards open at once bounds memory);
         # the cap differs from the pool size on purpose: Ray Data fuses a task map into the next
         # actor map when they match, which would move reading onto the GPU actors.
         read_tasks = cpus + (1 if cpus == pool.max_size else 0)
         warnings.filterwarnings("ignore", message=".*concurrent tasks for 'MapBatches\\(ReadShard\\)'.*")
-        log.info("scoring %d shards: %s GPU actors with %s each; up to %d read tasks", len(todo), pool.max_size,
+        log.info("scoring %d shards: up to %s scoring actors with %s each; up to %d read tasks", len(todo), pool.max_size,
                  resources, read_tasks)
         ds = ds.map_batches(read, batch_size=1, batch_format="pyarrow", num_cpus=read.resources.num_cpus,
                             compute=ray.data.TaskPoolStrategy(size=read_tasks))
-        ds = ds.map_batches(StagePipeline, fn_constructor_args=(stages,), batch_size=resources.batch_size,
+        ds = ds.map_batches(StagePipeline, fn_constructor_args=(stages + [WriteParts(config.output)],),
+                            batch_size=resources.batch_size,
                             batch_format="pyarrow", compute=pool, num_cpus=resources.num_cpus,
-                            num_gpus=resources.num_gpus)
+                            num_gpus=resources.num_gpus or None)
 
     assembler = ShardAssembler(config, todo, out, stages[1].counter_name)
     try:

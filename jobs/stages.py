@@ -26,6 +26,7 @@ import json
 import os
 import time
 import traceback
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ import pyarrow.compute as pc
 
 from edufilter.documents import DOCUMENT_SCHEMA, BadDocument, Document
 from edufilter.io import write_parquet_atomic
+
+STATS_VERSION = 1
 
 # Scores are continuous in [0, 5]; histograms use 0.01-wide bins so that a token
 # budget can be solved from the per-shard stats without reading the shards.
@@ -328,23 +331,126 @@ class StagePipeline:
 
 
 class ShardPipeline:
-    """Reads whole shards and runs the stages on their batches, all in one worker.
+    """Reads one shard, scores it and writes its output shard, all in one worker (CPU layout).
 
-    This is the CPU layout: each worker takes one shard at a time (one task per shard),
-    so every CPU scores, reading and extraction spread over the same workers, and no
-    document text crosses the object store. Jobs with GPU scorers keep reading on CPU
-    tasks instead, feeding StagePipeline actors that hold the GPUs.
+    Each worker takes one whole shard per task, so every CPU scores, reading and extraction
+    spread over the same workers, no document text crosses the object store, and the output
+    is streamed once (row group per batch) to a temporary name and renamed when the shard is
+    complete. A task that Ray re-executes (lost worker) starts the shard again in a new
+    temporary file, so the output holds every document exactly once. Returns one receipt
+    per shard: kind "shard" with its stats, or "error" with the reason.
+    Jobs with GPU scorers use ReadShard tasks feeding StagePipeline actors instead.
     """
 
-    def __init__(self, read: ReadShard, stages: Sequence[Callable[[pa.Table], pa.Table]], batch_size: int):
+    def __init__(self, read: ReadShard, stages: Sequence[Any], batch_size: int, out_dir: str | os.PathLike,
+                 source: str):
         self.read = read
-        self.pipeline = StagePipeline(stages)
+        self.stages = list(stages)
         self.batch_size = batch_size
+        self.out_dir = Path(out_dir)
+        self.source = source
+        for stage in self.stages:
+            stage.setup()
 
     def __call__(self, tasks: pa.Table) -> Iterator[pa.Table]:
-        for batch in self.read(tasks):
-            for start in range(0, batch.num_rows, self.batch_size):
-                yield self.pipeline(batch.slice(start, self.batch_size))
+        for task in tasks.to_pylist():
+            yield self.score_shard(task["path"], task[SHARD_KEY])
+
+    def _receipt(self, key: str, kind: str, info: dict[str, Any]) -> pa.Table:
+        return pa.Table.from_pylist([{SHARD_KEY: key, "kind": kind, "part": None, "rows": info.get("documents_out", 0),
+                                      "info": json.dumps(info, default=str)}], schema=RECEIPT_SCHEMA)
+
+    def score_shard(self, path: str, key: str) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        final = self.out_dir / f"{key}.parquet"
+        tmp = self.out_dir / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        writer = pq.ParquetWriter(tmp, SCORED_SCHEMA)
+        light: list[pa.Table] = []  # the small columns the stats need, not the text
+        end: dict[str, Any] = {}
+        try:
+            for batch in self.read.read_one(path, key):
+                is_doc = _is_document(batch)
+                if not is_doc.all():
+                    end = json.loads(batch.filter(pa.array(~is_doc))[END_OF_SHARD][0].as_py())
+                    batch = batch.filter(pa.array(is_doc))
+                for start in range(0, batch.num_rows, self.batch_size):
+                    scored = batch.slice(start, self.batch_size)
+                    for stage in self.stages:
+                        scored = stage(scored)
+                    scored = scored.select(SCORED_SCHEMA.names).cast(SCORED_SCHEMA)
+                    writer.write_table(scored)
+                    text_bytes = pc.binary_length(scored["text"].cast(pa.large_binary()))
+                    light.append(scored.select(["domain", "score", "int_score", "tokens", "model", "model_version"])
+                                 .append_column("text_bytes", text_bytes))
+            writer.close()
+            if end.get("error"):
+                return self._receipt(key, "error", {"error": end["error"]})
+            table = pa.concat_tables(light) if light else pa.table(
+                {"domain": pa.array([], pa.string()), "score": pa.array([], pa.float32()),
+                 "int_score": pa.array([], pa.int8()), "tokens": pa.array([], pa.int64()),
+                 "model": pa.array([], pa.string()), "model_version": pa.array([], pa.string()),
+                 "text_bytes": pa.array([], pa.int64())})
+            if table.num_rows != end.get("documents"):
+                raise RuntimeError(f"wrote {table.num_rows} documents, the reader reported {end.get('documents')}")
+            os.replace(tmp, final)
+            score_stage = next((s for s in self.stages if isinstance(s, ScoreDocuments)), None)
+            token_stage = next((s for s in self.stages if isinstance(s, CountTokens)), None)
+            stats = shard_stats(
+                table, end, key=key, source=self.source,
+                token_counter=token_stage.counter_name if token_stage else "none",
+                keep_threshold=float(score_stage.scorer.threshold) if score_stage else 3.0,
+                seconds=time.time() - float(end.get("read_started", time.time())))
+            return self._receipt(key, "shard", stats)
+        except Exception as exc:  # noqa: BLE001 - this shard fails with its reason; the job goes on
+            return self._receipt(key, "error", {"error": f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5)})
+        finally:
+            writer.close()  # idempotent
+            tmp.unlink(missing_ok=True)  # only left when the shard failed
+
+
+def shard_stats(table: pa.Table, end: dict[str, Any], *, key: str, source: str, token_counter: str,
+                keep_threshold: float, seconds: float) -> dict[str, Any]:
+    scores = table["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    int_scores = table["int_score"].to_numpy(zero_copy_only=False).astype(np.int64)
+    tokens = table["tokens"].to_numpy(zero_copy_only=False).astype(np.int64)
+    if "text_bytes" in table.column_names:
+        text_bytes = pc.sum(table["text_bytes"]).as_py() or 0
+    else:
+        text_bytes = pc.sum(pc.binary_length(table["text"].cast(pa.large_binary()))).as_py() or 0
+    bins = score_bins(scores)
+    domains = np.asarray(table["domain"].to_pylist(), dtype=object)
+    fine: dict[str, dict[str, list[int]]] = {}
+    for domain in sorted(set(domains.tolist())):
+        mask = domains == domain
+        docs_per_bin = np.bincount(bins[mask], minlength=1)
+        tokens_per_bin = np.bincount(bins[mask], weights=tokens[mask], minlength=1)
+        fine[domain] = {str(b): [int(docs_per_bin[b]), int(tokens_per_bin[b])] for b in np.nonzero(docs_per_bin)[0]}
+    keep = scores >= keep_threshold
+    bad = end.get("bad", {})
+    return {
+        "stats_version": STATS_VERSION,
+        "shard_key": key,
+        "path": end.get("path"),
+        "source": source,
+        "domains": dict(Counter(table["domain"].to_pylist())),
+        "models": sorted(set(zip(table["model"].to_pylist(), table["model_version"].to_pylist()))),
+        "token_counter": token_counter,
+        "documents_in": int(end.get("documents", 0)) + int(sum(bad.values())),
+        "documents_out": table.num_rows,
+        "bad": bad,
+        "bad_examples": end.get("bad_examples", []),
+        "bytes": int(text_bytes),
+        "tokens": int(tokens.sum()),
+        "keep_threshold": keep_threshold,
+        "kept_documents": int(keep.sum()),
+        "kept_tokens": int(tokens[keep].sum()),
+        "score_histogram": np.bincount(np.clip(int_scores, 0, 5), minlength=6).tolist(),
+        "token_histogram": fine,  # domain -> 0.01-wide score bin -> [documents, tokens]
+        "read_seconds": end.get("read_seconds"),
+        "seconds": round(seconds, 3),
+    }
 
 
 def pipeline_resources(stages: Iterable[Any]) -> StageResources:
@@ -363,9 +469,8 @@ def task_table(paths_and_keys: Iterable[tuple[str, str]]) -> pa.Table:
     return pa.table({"path": [p for p, _ in pairs], SHARD_KEY: [k for _, k in pairs]})
 
 
-def run_local(read: ReadShard, stages: Sequence[Any], tasks: pa.Table, batch_size: int = 256) -> Iterator[pa.Table]:
-    """The same stages without Ray, in this process: yields the receipts the Ray job would yield."""
-    worker = ShardPipeline(read, stages, batch_size)
+def run_local(worker: "ShardPipeline", tasks: pa.Table) -> Iterator[pa.Table]:
+    """The same worker without Ray, in this process: yields the receipts the Ray job would yield."""
     for i in range(tasks.num_rows):
         yield from worker(tasks.slice(i, 1))
 

@@ -278,9 +278,9 @@ def test_killed_scoring_actor_the_job_still_completes_exactly_once(ray_local, mo
     killed = []
     deadline = time.time() + 60
     while time.time() < deadline and job.is_alive() and not killed:
-        parts = list((out / "_parts").glob("*/*.parquet")) if (out / "_parts").exists() else []
+        in_progress = list(out.glob(".*.tmp")) if out.exists() else []  # a shard being written
         pids = _scoring_actor_pids()
-        if parts and pids:
+        if in_progress and pids:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
         time.sleep(0.05)
@@ -346,3 +346,27 @@ def test_a_broken_model_fails_before_ray_starts(tmp_path, inputs, capsys):
                  "--output", str(tmp_path / "out")]) == 2
     assert "model.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_separate_readers_layout_gives_the_same_shards_and_isolates_a_corrupt_one(ray_local, model, tmp_path):
+    """The layout GPU jobs use (CPU read tasks -> scoring actors -> part files -> assembly), run on CPU."""
+    from jobs.layout import ScoredDir
+    from jobs.score import ScoreConfig, run
+    from jobs.stages import shard_key
+
+    for i in range(3):
+        data.refinedweb_shard(tmp_path / f"in/{i}/part-0.parquet", 150 + 50 * i, 300 + i)
+    bad = data.corrupt_parquet(tmp_path / "in/9/part-0.parquet")
+    glob = str(tmp_path / "in/*/*.parquet")
+    reference = ScoredDir(tmp_path / "reference")
+    run(ScoreConfig(model=str(model), source="refinedweb", input=glob, output=str(reference.root)), runner="local")
+    out = ScoredDir(tmp_path / "out")
+    assert score_cli(model, "refinedweb", glob, out.root, "--separate-readers", "--batch-size", "40") == 1
+    assert set(json.loads(out.summary_path.read_text())["failed_shards"]) == {shard_key(bad)}
+    assert out.completed_keys() == reference.completed_keys() and len(out.completed_keys()) == 3
+    for key in reference.completed_keys():
+        assert pq.read_table(out.shard_path(key)).equals(pq.read_table(reference.shard_path(key)))
+        stats, ref_stats = (json.loads(d.stats_path(key).read_text()) for d in (out, reference))
+        for field in ("documents_in", "documents_out", "tokens", "bytes", "score_histogram", "token_histogram"):
+            assert stats[field] == ref_stats[field], field
+    assert not any((out.root / "_parts").glob("*/*"))

@@ -193,3 +193,24 @@ def test_report_renders_from_a_partial_summary():
         {"name": "train", "title": "t", "status": "not-run"}]})
     assert "The demo stopped at step “label”" in page and "no cache" in page
     assert 'id="evaluation"' not in page  # sections without data are left out, not rendered empty
+
+
+@pytest.mark.shared
+def test_shared_data_labels_are_the_seed_set_replayed(shared, tmp_path, monkeypatch):
+    """`--data ../shared/corpus`: the seed set's labels come back through `label --backend replay`
+    (the later steps are the same code as on the sample; the full run is timed in the README)."""
+    import pyarrow.parquet as pq
+
+    from edufilter.demo import pipeline
+
+    monkeypatch.setattr(pipeline, "STEPS", pipeline.STEPS[:2])
+    cfg = pipeline.DemoConfig(workdir=tmp_path / "work", data=shared / "corpus", fast=True, pretrain_steps=2,
+                              num_cpus=1, verbose=False)
+    assert pipeline.run_demo(cfg) == 0
+    summary = json.loads((tmp_path / "work" / "summary.json").read_text())
+    assert summary["labels"]["web"]["n"] == 599 and summary["labels"]["stackoverflow"]["n"] == 150
+    assert summary["labels"]["code"]["n"] > 450
+    seed = pq.read_table(tmp_path / "work" / "data" / "seed" / "stackoverflow.parquet").to_pylist()
+    labels = pq.read_table(tmp_path / "work" / "labels" / "stackoverflow.parquet").to_pylist()
+    expected = {row["text"]: row["score"] for row in seed}
+    assert all(expected[row["text"]] == row["score"] for row in labels)

@@ -30,7 +30,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=3.0, help="keep threshold on the 0-5 score (default: 3)")
     p.add_argument("--max-chars", type=int, default=None, help="characters of each document the model reads (default: per domain)")
     p.add_argument("--cv-folds", type=int, default=4, help="cross-validation folds for the hyperparameter search; 0 = no search (default: 4)")
-    p.add_argument("--calibration", default="isotonic", choices=CALIBRATIONS, help="score calibration fitted on cross-validated predictions")
+    p.add_argument("--calibration", default="isotonic-f1", choices=CALIBRATIONS, help="score calibration fitted on cross-validated predictions (see classifier.train.fit_calibration)")
     p.add_argument("--params", default=None, help="fixed hyperparameters as JSON (skips the search), e.g. '{\"epoch\": 25}'")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -50,7 +50,7 @@ def train_main(argv: list[str]) -> int:
             progress=not args.no_progress,
         )
         info = train_model(args.labels, args.output, config)
-    except (LabelError, ValueError, TypeError, FileNotFoundError) as exc:
+    except (LabelError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"edufilter train: error: {exc}", file=sys.stderr)
         return 2
     summary = {"model_id": info["model_id"], "version": info["version"], "output": args.output}

@@ -6,7 +6,8 @@ calibration and the keep threshold are the same everywhere, and every score
 can be stamped with `scorer.model_id` / `scorer.version`.
 
 Score pipeline for one text:
-  normalize_text(text, max_chars)  -> "" for an empty document: score 0.0, no model call
+  normalize_text(text, max_chars, split_punctuation)
+                                   -> "" for an empty document: score 0.0, no model call
   backend raw score                -> expected label (fastText, logistic), regression (ridge, forest)
   calibration                      -> monotone piecewise-linear map fitted on cross-validated
                                       predictions of the training labels (identity when absent)
@@ -71,6 +72,7 @@ class Scorer:
         self.model_dir = model_dir
         scoring = info["scoring"]
         self.max_chars = int(scoring["max_chars"])
+        self.split_punctuation = bool(scoring.get("split_punctuation", False))
         self.calibration = scoring.get("calibration")
         self.batch_size = int(scoring.get("batch_size", 1024))
         self.model_id: str = info.get("model_id", "unsaved")
@@ -115,20 +117,21 @@ class Scorer:
         """Score documents. Raises TypeError naming the position of a text that is not a str."""
         if isinstance(texts, str):
             raise TypeError("score() takes a sequence of texts, not one str")
-        normalized = normalize_texts(texts, self.max_chars)
+        normalized = normalize_texts(texts, self.max_chars, self.split_punctuation)
         return self.finish(self.raw_scores(normalized), normalized)
 
     def explain(self, text: str, top_k: int = 10) -> list[tuple[str, float]]:
         """The words/n-grams that moved this document's score most, as (term, contribution to the
         0-5 score), largest |contribution| first. Positive = pushed the score up.
 
-        TF-IDF: exact linear contributions. fastText and embedding: occlusion, i.e. the score
-        change when every occurrence of the word is removed (for embedding models only the
-        `max_terms` most frequent words are tried, each costing one encoder pass).
+        TF-IDF: exact linear contributions (tf-idf weight x ridge coefficient), in units of the
+        ridge output before calibration. fastText and embedding: occlusion, i.e. the change of
+        the final score when every occurrence of the word is removed (embedding models try only
+        the 64 most frequent words, each costing one encoder pass).
         """
         from classifier.text import normalize_text
 
-        norm = normalize_text(text, self.max_chars)
+        norm = normalize_text(text, self.max_chars, self.split_punctuation)
         if not norm:
             return []
         if self.kind == "tfidf":
@@ -139,7 +142,7 @@ class Scorer:
         return contrib[:top_k]
 
     def _occlusion(self, norm: str, max_terms: int) -> list[tuple[str, float]]:
-        tokens = norm.split(" ")
+        tokens = norm.split()
         counts: dict[str, int] = {}
         for t in tokens:
             counts[t] = counts.get(t, 0) + 1

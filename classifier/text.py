@@ -13,11 +13,13 @@ What it does, in order:
    annotator saw the first 4,000 characters of a web page, so the default
    for web is 4,000). Truncating first bounds the cost: a 10 MB document costs
    what a `max_chars` document costs;
-3. lower-cases, turns every whitespace/control character (newlines, tabs, NUL)
-   into a space, and splits punctuation from words (`foo(bar)` ->
-   `foo ( bar )`) so that code symbols, comment markers (`#`, `//`, triple quotes)
-   and sentence punctuation become tokens of their own for fastText and
-   TF-IDF. The result is a single line, as fastText requires.
+3. lower-cases and turns line breaks into spaces, so the text is one line (fastText reads
+   one document per line; its own tokenizer splits on the other whitespace and NUL);
+4. with `split_punctuation` (TF-IDF models), also turns every whitespace/control character
+   into a space and splits punctuation from words (`foo(bar)` -> `foo ( bar )`), so code
+   symbols and comment markers become tokens of their own. fastText and embedding models
+   skip this step: it costs several times what fastText's prediction costs, the embedding
+   tokenizer splits punctuation itself, and fastText's subwords recover most of it.
 
 An empty or whitespace-only document normalises to "" and the Scorer gives
 it score 0.0 without asking the model (nothing to read = no educational value).
@@ -39,8 +41,8 @@ _PUNCT = re.compile(r"([^\w\s])")
 _SPACES = re.compile(r" {2,}")
 
 
-def normalize_text(text: object, max_chars: int) -> str:
-    """Return the single-line, lower-cased, punctuation-split form of `text[:max_chars]`.
+def normalize_text(text: object, max_chars: int, split_punctuation: bool = False) -> str:
+    """Return the single-line, lower-cased form of `text[:max_chars]` ("" when nothing is left).
 
     Raises TypeError for a text that is not a `str` (None, NaN, bytes, numbers).
     """
@@ -48,17 +50,20 @@ def normalize_text(text: object, max_chars: int) -> str:
         if text is None or (isinstance(text, float) and math.isnan(text)):
             raise TypeError("text is missing (None/NaN)")
         raise TypeError(f"text must be str, not {type(text).__name__}")
-    text = text[:max_chars].lower().translate(_SPACE_TABLE)
-    text = _PUNCT.sub(r" \1 ", text)
-    return _SPACES.sub(" ", text).strip()
+    text = text[:max_chars].lower()
+    if split_punctuation:
+        text = _SPACES.sub(" ", _PUNCT.sub(r" \1 ", text.translate(_SPACE_TABLE)))
+    else:
+        text = text.replace("\n", " ").replace("\r", " ").replace("\u2028", " ").replace("\u2029", " ")
+    return text.strip()
 
 
-def normalize_texts(texts, max_chars: int) -> list[str]:
+def normalize_texts(texts, max_chars: int, split_punctuation: bool = False) -> list[str]:
     """`normalize_text` over a sequence; a bad entry's error names its position."""
     out = []
     for i, t in enumerate(texts):
         try:
-            out.append(normalize_text(t, max_chars))
+            out.append(normalize_text(t, max_chars, split_punctuation))
         except TypeError as exc:
             raise TypeError(f"texts[{i}]: {exc}") from None
     return out

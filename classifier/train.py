@@ -30,8 +30,7 @@ log = logging.getLogger(__name__)
 # epochs, bigrams and character n-grams (subwords help with code identifiers and rare words).
 FASTTEXT_GRID: list[dict[str, Any]] = [
     {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
-    {"lr": 0.5, "epoch": 60, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
-    {"lr": 0.5, "epoch": 30, "dim": 32, "wordNgrams": 2, "minn": 3, "maxn": 5},
+    {"lr": 0.1, "epoch": 50, "dim": 32, "wordNgrams": 2, "minn": 0, "maxn": 0},
 ]
 FASTTEXT_FIXED = {"bucket": 200_000, "minCount": 1}
 TFIDF_GRID: list[dict[str, Any]] = [{"alpha": a} for a in (0.3, 1.0, 3.0, 10.0)]
@@ -40,7 +39,7 @@ HEAD_GRIDS: dict[str, list[dict[str, Any]]] = {
     "logistic": [{"C": c} for c in (0.001, 0.003, 0.01, 0.03, 0.1)],
     "random-forest": [{"n_estimators": 300, "min_samples_leaf": 2, "max_features": 0.33}],
 }
-CALIBRATIONS = ("isotonic", "linear", "none")
+CALIBRATIONS = ("isotonic-f1", "isotonic", "linear", "none")
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,8 @@ class TrainConfig:
     threshold: float = 3.0
     max_chars: int | None = None  # None = the domain's default (classifier.text.DEFAULT_MAX_CHARS)
     cv_folds: int = 4  # 0 or 1: no search, first grid entry (or `params`)
-    calibration: str = "isotonic"
+    calibration: str = "isotonic-f1"
+    split_punctuation: bool | None = None  # None = the kind's default (TF-IDF only; see classifier.text)
     params: dict[str, Any] = field(default_factory=dict)  # fixed hyperparameters (skip the search)
     progress: bool = True
 
@@ -72,6 +72,10 @@ class TrainConfig:
             raise ValueError(f"unknown calibration {self.calibration!r}; expected one of {', '.join(CALIBRATIONS)}")
         if self.cv_folds < 0:
             raise ValueError("cv_folds must be >= 0")
+
+    @property
+    def resolved_split_punctuation(self) -> bool:
+        return self.kind == "tfidf" if self.split_punctuation is None else bool(self.split_punctuation)
 
     @property
     def resolved_max_chars(self) -> int:
@@ -100,8 +104,31 @@ def cv_folds(scores: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarr
         return list(StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(scores)), scores))
 
 
-def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str) -> dict | None:
-    """A monotone map raw score -> 0-5 fitted on out-of-fold predictions, stored as knots for np.interp."""
+def best_cut(calibrated: np.ndarray, y: np.ndarray, threshold: float) -> float:
+    """The cut on calibrated out-of-fold scores with the best binary F1 for `label >= threshold`."""
+    truth = y >= threshold
+    best = (-1.0, threshold)
+    for cut in np.unique(calibrated):
+        pred = calibrated >= cut
+        tp = float(np.sum(pred & truth))
+        f1 = 2 * tp / (pred.sum() + truth.sum()) if tp else 0.0
+        # ties: the cut nearest the threshold keeps the score closest to an estimate of the label
+        if f1 > best[0] + 1e-12 or (abs(f1 - best[0]) <= 1e-12 and abs(cut - threshold) < abs(best[1] - threshold)):
+            best = (f1, float(cut))
+    return best[1]
+
+
+def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str, threshold: float = 3.0) -> dict | None:
+    """A monotone map raw score -> 0-5 fitted on out-of-fold predictions, stored as knots for np.interp.
+
+    - isotonic: raw -> E[label | raw] (isotonic regression);
+    - isotonic-f1 (default): the same, then the 0-5 axis is stretched piecewise-linearly so the
+      cut with the best cross-validated F1 for `label >= threshold` lands exactly on `threshold`.
+      An expected label of 2.7 means "quite likely >= 3", and with few positives the F1-optimal
+      decision keeps such documents; stretching keeps `keep == (score >= threshold)` everywhere
+      (service, jobs, select) while the order of documents is unchanged;
+    - linear: a least-squares line (increasing); none: raw scores clipped to 0-5.
+    """
     if method == "none":
         return None
     raw = np.asarray(raw, dtype=np.float64)
@@ -115,7 +142,15 @@ def fit_calibration(raw: np.ndarray, y: np.ndarray, method: str) -> dict | None:
     from sklearn.isotonic import IsotonicRegression
 
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=5.0).fit(raw, y)
-    return {"method": "isotonic", "x": [float(v) for v in iso.X_thresholds_], "y": [float(v) for v in iso.y_thresholds_]}
+    xs, ys = iso.X_thresholds_.astype(np.float64), iso.y_thresholds_.astype(np.float64)
+    out = {"method": method}
+    if method == "isotonic-f1":
+        cut = best_cut(np.interp(raw, xs, ys), y, threshold)
+        cut = min(max(cut, 1e-6), 5.0 - 1e-6)
+        ys = np.where(ys < cut, ys * threshold / cut, threshold + (ys - cut) * (5.0 - threshold) / (5.0 - cut))
+        out["cut"] = float(cut)
+    out.update(x=[float(v) for v in xs], y=[float(v) for v in ys])
+    return out
 
 
 class _Trainer:
@@ -182,10 +217,15 @@ class _Trainer:
         bar = tqdm(total=len(grid) * len(folds), desc=f"cv {c.kind}", unit="fit", disable=not c.progress)
         for params in grid:
             oof = np.zeros(len(y), dtype=np.float64)
-            for tr, va in folds:
-                fitted = self.fit(take(x, tr), y[tr], params)
-                oof[va] = self.predict_raw(fitted, take(x, va))
-                bar.update(1)
+            try:
+                for tr, va in folds:
+                    fitted = self.fit(take(x, tr), y[tr], params)
+                    oof[va] = self.predict_raw(fitted, take(x, va))
+                    bar.update(1)
+            except RuntimeError as exc:  # a candidate fastText cannot train (diverges) is skipped, not fatal
+                log.warning("cv %s failed: %s", params, exc)
+                table.append({"params": params, "error": str(exc)[:300]})
+                continue
             m = compute_metrics(y, np.clip(oof, 0, 5), c.threshold)
             row = {"params": params, "spearman": m["spearman"], "f1_at_3_raw": m["f1_at_3"], "mse_raw": m["mse"]}
             table.append(row)
@@ -194,6 +234,8 @@ class _Trainer:
             if best is None or key > best[0] + 1e-9:
                 best = (key, params, oof)
         bar.close()
+        if best is None:
+            raise RuntimeError(f"no {c.kind} candidate could be trained; see the log")
         return best[1], best[2], table
 
 
@@ -217,13 +259,14 @@ def train_model(labels: str | list[str] | LabelSet, output: str, config: TrainCo
         log.info("holdout: %d training, %d held-out labels", len(data), len(heldout))
 
     max_chars = config.resolved_max_chars
-    texts = normalize_texts(data.texts, max_chars)
+    split = config.resolved_split_punctuation
+    texts = normalize_texts(data.texts, max_chars, split)
     trainer = _Trainer(config)
     x = trainer.features(texts)
     params, oof, cv_table = trainer.search(x, data.scores)
     log.info("chosen hyperparameters: %s", params)
     fitted = trainer.fit(x, data.scores, params)
-    calibration = fit_calibration(oof, data.scores, config.calibration) if oof is not None else None
+    calibration = fit_calibration(oof, data.scores, config.calibration, config.threshold) if oof is not None else None
 
     info: dict[str, Any] = {
         "kind": config.kind,
@@ -231,6 +274,7 @@ def train_model(labels: str | list[str] | LabelSet, output: str, config: TrainCo
         "threshold": config.threshold,
         "scoring": {
             "max_chars": max_chars,
+            "split_punctuation": split,
             "normalization": "classifier.text.normalize_text v1",
             "calibration": calibration,
             "batch_size": 64 if config.kind == "embedding" else 1024,

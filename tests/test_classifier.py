@@ -105,7 +105,7 @@ def test_cross_validation_and_holdout_are_recorded(tmp_path, labels_file):
     config = TrainConfig(domain="web", kind="tfidf", cv_folds=2, holdout=0.25, progress=False)
     info = train_model(labels_file, str(tmp_path / "cv"), config)
     assert len(info["cross_validation"]["candidates"]) >= 2
-    assert info["scoring"]["calibration"]["method"] == "isotonic"
+    assert info["scoring"]["calibration"]["method"] == "isotonic-f1"
     holdout = info["evaluation"]["holdout"]
     assert holdout["n"] == 8 and 0.0 <= holdout["f1_at_3"] <= 1.0
     assert info["training_data"]["n"] == 24
@@ -316,10 +316,27 @@ def test_stratified_split_holds_out_every_class():
 
 def test_normalisation_is_single_line_and_bounded():
     text = "Hello,\tWorld!\nfoo(bar)\x00 " + "z" * 100
-    norm = normalize_text(text, max_chars=30)
-    assert norm == "hello , world ! foo ( bar ) zzzzzz"
+    assert normalize_text(text, max_chars=30, split_punctuation=True) == "hello , world ! foo ( bar ) zzzzzz"
+    assert normalize_text(text, max_chars=30) == "hello,\tworld! foo(bar)\x00 zzzzzz"  # fastText splits \t and NUL itself
     assert "\n" not in normalize_text("a\nb\r\nc\u2028d", 100)
+    assert normalize_text(" \n\r ", 100) == "" and normalize_text(" \t ", 100, split_punctuation=True) == ""
     with pytest.raises(TypeError):
         normalize_text(None, 10)
     with pytest.raises(TypeError):
         normalize_text(b"bytes", 10)
+
+
+def test_f1_calibration_is_monotone_and_cuts_at_the_threshold():
+    from classifier.scorer import apply_calibration
+    from classifier.train import fit_calibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 5, 400)
+    y = np.clip(np.round(raw * 0.8 + rng.normal(0, 0.8, 400)), 0, 5).astype(int)
+    cal = fit_calibration(raw, y, "isotonic-f1", 3.0)
+    assert np.all(np.diff(cal["y"]) >= 0) and min(cal["y"]) >= 0 and max(cal["y"]) <= 5
+    plain = fit_calibration(raw, y, "isotonic", 3.0)
+    keep = apply_calibration(raw, cal) >= 3.0
+    np.testing.assert_array_equal(keep, apply_calibration(raw, plain) >= cal["cut"] - 1e-12)
+    f1 = compute_metrics(y, apply_calibration(raw, cal))["f1_at_3"]
+    assert f1 >= compute_metrics(y, apply_calibration(raw, plain))["f1_at_3"]

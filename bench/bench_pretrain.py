@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["cpu", "gpu"], default="cpu", help="cpu: tiny preset; gpu: phi-1.5 on one GPU")
     parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "corpus" / "labelled" / "edufilter_seed" / "web.jsonl"),
                         help="CPU mode: JSONL/parquet of text to train on (default: the shared seed web documents)")
-    parser.add_argument("--steps", type=int, default=60, help="measured steps (default 60)")
+    parser.add_argument("--steps", type=int, default=200, help="measured steps (default 200)")
     parser.add_argument("--micro-batch", type=int, help="micro-batch (CPU default 8; GPU default: the largest that fits)")
     parser.add_argument("--max-micro-batch", type=int, default=64, help="GPU: stop the doubling search here")
     parser.add_argument("--cpu-threads", type=int, default=1, help="CPU: torch threads (default 1)")

@@ -128,7 +128,7 @@ def test_job_submitted_to_a_two_node_cluster_killed_and_rerun_gives_identical_ou
     from jobs.score import ScoreConfig, run
 
     for i in range(16):
-        data.refinedweb_shard(tmp_path / f"in/{i % 2}/shard-{i // 2}.parquet", 300, 200 + i)
+        data.refinedweb_shard(tmp_path / f"in/{i % 2}/shard-{i // 2}.parquet", 2000, 200 + i)
     glob = str(tmp_path / "in/*/*.parquet")
     reference = ScoredDir(tmp_path / "reference")
     run(ScoreConfig(model=str(model), source="refinedweb", input=glob, output=str(reference.root)), runner="local")

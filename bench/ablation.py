@@ -165,10 +165,12 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, (name, title) in zip(axes, [("edu", "held-out educational docs (LLM label >= 4)"),
                                         ("general", "held-out general docs (any label)")]):
-        for arm, style in (("selected", "-o"), ("random", "--s")):
-            points = results["curves"][arm]
-            ax.plot([p["tokens"] / 1e3 for p in points], [p[name] for p in points], style, ms=3,
-                    label=f"{arm} ({'classifier top' if arm == 'selected' else 'random sample'})")
+        for arm, color in (("selected", "tab:blue"), ("random", "tab:orange")):
+            label = f"{arm} ({'classifier top' if arm == 'selected' else 'random sample'})"
+            for i, points in enumerate(results["curves"][arm].values()):  # one line per seed
+                ax.plot([p["tokens"] / 1e3 for p in points], [p[name] for p in points],
+                        "-o" if arm == "selected" else "--s", color=color, ms=3, alpha=0.85,
+                        label=label if i == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training tokens (thousands)")
         ax.set_ylabel("loss (nats/token)")
@@ -176,7 +178,7 @@ def plot(results: dict, path: Path) -> None:
         ax.legend()
     s = results["settings"]
     fig.suptitle(f"edufilter ablation: Phi '{s['preset']}' ({s['parameters'] / 1e6:.1f}M params), same"
-                 f" {s['train_tokens'] / 1e3:.0f}k-token budget, selected vs random", fontsize=11)
+                 f" {s['train_tokens'] / 1e3:.0f}k-token budget, selected vs random, seeds {s['seeds']}", fontsize=11)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-kind", default="tfidf", choices=["tfidf", "fasttext", "embedding"],
                         help="classifier that scores the pool (default tfidf: on ~270 labels per fold it ranks"
                         " web documents best here)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, data order and the random arm")
+    parser.add_argument("--seeds", default="0,1",
+                        help="comma-separated seeds; each runs both arms (random sample, weights, data order) (default 0,1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     started = time.time()
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_seed(Path(args.shared), work)
     eval_edu, eval_general, pool = split(rows)
     log.info("pool %d documents; eval-edu %d; eval-general %d", len(pool), len(eval_edu), len(eval_general))
-    quality = cross_fit_scores(pool, work, args.seed, args.classifier_kind)
+    quality = cross_fit_scores(pool, work, 0, args.classifier_kind)
     log.info("cross-fitted classifier quality: %s", quality)
 
     # One tokenizer for both arms, trained on the pool only (never on evaluation documents).
@@ -227,63 +230,90 @@ def main(argv: list[str] | None = None) -> int:
     for row, enc in zip(pool, tokenizer.encode_batch([r["text"] for r in pool])):
         row["tokens"] = len(enc.ids) + 1
 
-    selected, sampled = [], []
-    rng = random.Random(args.seed)
+    selected_by_domain: dict[str, list[dict]] = {}
+    budgets: dict[str, int] = {}
     for domain in DOMAINS:
         docs = [r for r in pool if r["domain"] == domain]
-        budget = int(args.budget_fraction * sum(r["tokens"] for r in docs))
-        selected += take_budget(sorted(docs, key=lambda r: (-r["score"], r["id"])), budget)
-        shuffled = docs[:]
-        rng.shuffle(shuffled)
-        sampled += take_budget(shuffled, budget)
+        budgets[domain] = int(args.budget_fraction * sum(r["tokens"] for r in docs))
+        selected_by_domain[domain] = take_budget(sorted(docs, key=lambda r: (-r["score"], r["id"])), budgets[domain])
+    selected = [r for domain in DOMAINS for r in selected_by_domain[domain]]
     write_corpus(selected, work / "selected", {"arm": "selected", "rule": "top cross-fitted score per domain"})
-    write_corpus(sampled, work / "random", {"arm": "random", "rule": "seeded random sample per domain"})
     write_corpus(eval_edu, work / "eval_edu", {"set": "LLM label >= 4, never trained on"})
     write_corpus(eval_general, work / "eval_general", {"set": "random documents, never trained on"})
 
-    runs = {}
+    # Each seed changes the random arm's sample, the initial weights and the data order, so the
+    # spread across seeds is the noise a difference between the arms must beat.
+    seeds = [int(x) for x in args.seeds.split(",")]
     eval_every = max(1, args.steps // args.evals)
-    for arm in ("selected", "random"):
-        config = TrainConfig(
-            corpus=str(work / arm), output=str(work / f"run_{arm}"), preset=args.preset, steps=args.steps,
-            seed=args.seed, tokenizer=str(tok_dir), mix=MIX, seq_len=args.seq_len, micro_batch=args.micro_batch,
-            lr=args.lr, warmup_steps=args.warmup_steps, eval_every=eval_every, eval_batches=args.eval_batches,
-            heldout_fraction=0.0, eval_corpora={"edu": str(work / "eval_edu"), "general": str(work / "eval_general")},
-            log_every=10, checkpoint_every=max(eval_every, 25), cpu_threads=args.cpu_threads,
-        )
-        t0 = time.time()
-        summary = train(config)
-        runs[arm] = {"summary": summary, "seconds": time.time() - t0, "curve": curves(work / f"run_{arm}")}
+    runs: dict[str, dict[int, dict]] = {"selected": {}, "random": {}}
+    random_stats = {}
+    for seed in seeds:
+        rng = random.Random(seed)
+        sampled = []
+        for domain in DOMAINS:
+            shuffled = [r for r in pool if r["domain"] == domain]
+            rng.shuffle(shuffled)
+            sampled += take_budget(shuffled, budgets[domain])
+        write_corpus(sampled, work / f"random_seed{seed}", {"arm": "random", "rule": f"random sample per domain, seed {seed}"})
+        random_stats[seed] = arm_stats(sampled)
+        for arm, corpus in (("selected", work / "selected"), ("random", work / f"random_seed{seed}")):
+            output = work / f"run_{arm}_seed{seed}"
+            config = TrainConfig(
+                corpus=str(corpus), output=str(output), preset=args.preset, steps=args.steps,
+                seed=seed, tokenizer=str(tok_dir), mix=MIX, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                lr=args.lr, warmup_steps=args.warmup_steps, eval_every=eval_every, eval_batches=args.eval_batches,
+                heldout_fraction=0.0, eval_corpora={"edu": str(work / "eval_edu"), "general": str(work / "eval_general")},
+                log_every=10, checkpoint_every=max(eval_every, 25), cpu_threads=args.cpu_threads,
+                # Memory-mapped tokens: every micro-batch draws windows from random places in the whole
+                # arm. Streaming packs consecutive windows from the same document, and in a run this
+                # short the arm with longer documents would see far fewer distinct documents.
+                pretokenize=True,
+            )
+            t0 = time.time()
+            train(config)  # a finished run (rerun of this script on the same --work) returns at once
+            runs[arm][seed] = {"seconds": time.time() - t0, "curve": curves(output)}
 
-    final = {arm: runs[arm]["curve"][-1] for arm in runs}
+    final = {arm: {seed: {k: runs[arm][seed]["curve"][-1][k] for k in ("edu", "general")} for seed in seeds}
+             for arm in runs}
+    deltas = {k: [final["selected"][s][k] - final["random"][s][k] for s in seeds] for k in ("edu", "general")}
+    mean = lambda xs: float(np.mean(xs))  # noqa: E731
     results = {
         "benchmark": "ablation",
         "question": "same token budget: classifier-selected vs random documents of the same sources",
         "settings": {
-            "preset": args.preset, "parameters": parameter_count(preset)["total"],
-            "steps": args.steps, "classifier_kind": args.classifier_kind, "micro_batch": args.micro_batch, "seq_len": args.seq_len, "lr": args.lr,
-            "warmup_steps": args.warmup_steps, "mix": MIX, "seed": args.seed, "budget_fraction": args.budget_fraction,
+            "preset": args.preset, "parameters": parameter_count(preset)["total"], "steps": args.steps,
+            "classifier_kind": args.classifier_kind, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
+            "lr": args.lr, "warmup_steps": args.warmup_steps, "mix": MIX, "seeds": seeds,
+            "data_path": "pretokenized memmap, shuffled windows", "budget_fraction": args.budget_fraction,
             "train_tokens": args.steps * args.micro_batch * args.seq_len,
             "eval_sequences_per_set": args.eval_batches * args.micro_batch,
         },
         "data": {
             "pool_documents": len(pool), "eval_edu_documents": len(eval_edu),
-            "eval_general_documents": len(eval_general),
+            "eval_general_documents": len(eval_general), "token_budget_per_domain": budgets,
             "classifier_cross_fit": quality,
-            "selected": arm_stats(selected), "random": arm_stats(sampled),
+            "selected": arm_stats(selected), "random_by_seed": random_stats,
         },
-        "final_eval_loss": {arm: {k: final[arm][k] for k in ("edu", "general")} for arm in final},
-        "delta_selected_minus_random": {k: final["selected"][k] - final["random"][k] for k in ("edu", "general")},
-        "ratio_selected_over_random": {k: final["selected"][k] / final["random"][k] for k in ("edu", "general")},
-        "curves": {arm: runs[arm]["curve"] for arm in runs},
-        "seconds": {arm: runs[arm]["seconds"] for arm in runs} | {"total": time.time() - started},
-        "machine": f"{os.cpu_count()} CPUs, torch threads {args.cpu_threads}",
+        "final_eval_loss_by_seed": final,
+        "final_eval_loss_mean": {arm: {k: mean([final[arm][s][k] for s in seeds]) for k in ("edu", "general")}
+                                 for arm in final},
+        "delta_selected_minus_random_by_seed": deltas,
+        "delta_selected_minus_random_mean": {k: mean(v) for k, v in deltas.items()},
+        "ratio_selected_over_random_mean": {
+            k: mean([final["selected"][s][k] for s in seeds]) / mean([final["random"][s][k] for s in seeds])
+            for k in ("edu", "general")
+        },
+        "curves": {arm: {str(seed): runs[arm][seed]["curve"] for seed in seeds} for arm in runs},
+        "seconds": {f"{arm}_seed{seed}": runs[arm][seed]["seconds"] for arm in runs for seed in seeds}
+        | {"total": time.time() - started},
+        "machine": f"{os.cpu_count()} CPUs shared with other jobs, torch threads {args.cpu_threads}",
     }
     results_dir = Path(args.results)
     write_json_atomic(results_dir / "ablation.json", results)
     plot(results, results_dir / "ablation.png")
-    print(json.dumps({"final_eval_loss": results["final_eval_loss"],
-                      "ratio_selected_over_random": results["ratio_selected_over_random"]}, indent=2))
+    print(json.dumps({"final_eval_loss_mean": results["final_eval_loss_mean"],
+                      "delta_selected_minus_random_by_seed": deltas,
+                      "ratio_selected_over_random_mean": results["ratio_selected_over_random_mean"]}, indent=2))
     return 0
 
 

@@ -279,3 +279,23 @@ def test_token_budget_becomes_whole_steps():
     config = TrainConfig(corpus="c", output="o", tokens=10_000, micro_batch=4, grad_accum=2, seq_len=32, num_workers=2)
     assert config.tokens_per_step == 4 * 2 * 32 * 2
     assert config.total_steps == 20  # ceil(10000 / 512)
+
+
+def test_sequence_shuffle_mixes_windows_and_resumes_from_its_state(corpus, uninterrupted):
+    tokenizer = D.load_tokenizer(uninterrupted / "tokenizer")
+    spec = D.CorpusSpec(files=tuple(map(str, D.find_corpus_files(corpus))), mix=D.parse_mix("web=1"))
+
+    def group(shuffle: int) -> D.StreamingGroup:
+        return D.StreamingGroup(spec=spec, group="web", tokenizer=tokenizer, seq_len=64, seed=0,
+                                shuffle_buffer=0, sequence_shuffle=shuffle)
+
+    unshuffled = group(0)
+    plain = [unshuffled.next_sequence() for _ in range(10)]
+    shuffled, reference = group(8), group(8)
+    first = [shuffled.next_sequence() for _ in range(10)]
+    state = shuffled.state_dict()
+    resumed = group(8)
+    resumed.load_state_dict(state)
+    expected = [reference.next_sequence() for _ in range(20)]
+    assert all(np.array_equal(a, b) for a, b in zip(first + [resumed.next_sequence() for _ in range(10)], expected))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, plain))  # drawn out of document order

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also report loss on this corpus at each evaluation (repeatable)")
     data.add_argument("--shuffle-buffer", type=int, default=1000,
                       help="documents held in the streaming shuffle buffer (0: file order; default 1000)")
+    data.add_argument("--sequence-shuffle", type=int, default=64,
+                      help="packed sequences held and drawn at random, so a micro-batch mixes documents"
+                      " (streaming mode; 0: off; default 64)")
     data.add_argument("--tokenizer-train-docs", type=int, default=50_000,
                       help="documents read to train the tokenizer when none is given (default 50000)")
     data.add_argument("--pretokenize", action="store_true",
@@ -102,7 +105,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         eval_batches=args.eval_batches, heldout_fraction=args.heldout_fraction,
         eval_corpora=_parse_eval_corpora(args.eval_corpus), log_every=args.log_every,
         checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        shuffle_buffer=args.shuffle_buffer, tokenizer_train_docs=args.tokenizer_train_docs,
+        shuffle_buffer=args.shuffle_buffer, sequence_shuffle=args.sequence_shuffle, tokenizer_train_docs=args.tokenizer_train_docs,
         pretokenize=args.pretokenize, compile=args.compile, activation_checkpointing=args.activation_checkpointing,
         peak_flops=args.peak_flops, cpu_threads=args.cpu_threads, num_workers=args.num_workers, use_gpu=args.use_gpu, strategy=args.strategy,
     )

@@ -305,11 +305,16 @@ class StreamingGroup:
     rank: int = 0
     world_size: int = 1
     shuffle_buffer: int = 1000
+    # Packed sequences held and drawn at random: without it consecutive sequences (and so a whole
+    # micro-batch) come from the same long document. Held sequences are saved in the checkpoint.
+    sequence_shuffle: int = 0
     epoch: int = 0
     docs_consumed: int = 0  # documents of this epoch fully packed already
     token_offset: int = 0  # tokens of the next document already packed
+    draws: int = 0  # sequences drawn from the shuffle buffer so far
     _docs: Iterator[str] | None = field(default=None, repr=False)
     _tokens: np.ndarray | None = field(default=None, repr=False)
+    _held: list = field(default_factory=list, repr=False)
 
     def _open_epoch(self) -> None:
         self._docs = iter_documents(
@@ -343,6 +348,18 @@ class StreamingGroup:
             started_fresh_epoch = True
 
     def next_sequence(self) -> np.ndarray:
+        if self.sequence_shuffle <= 1:
+            return self._pack()
+        while len(self._held) < self.sequence_shuffle:
+            self._held.append(self._pack())
+        # The draw is a function of (seed, group, rank, draw count): nothing but the counter to checkpoint.
+        salt = int(hashlib.sha256(f"{self.group}/{self.rank}".encode()).hexdigest()[:8], 16)
+        i = int(np.random.default_rng([self.seed, salt, self.draws]).integers(len(self._held)))
+        self.draws += 1
+        self._held[i], self._held[-1] = self._held[-1], self._held[i]
+        return self._held.pop()
+
+    def _pack(self) -> np.ndarray:
         out = np.empty(self.seq_len, dtype=np.int64)  # (T,)
         filled = 0
         while filled < self.seq_len:
@@ -359,12 +376,16 @@ class StreamingGroup:
         return out
 
     def state_dict(self) -> dict:
-        return {"kind": "stream", "epoch": self.epoch, "docs_consumed": self.docs_consumed, "token_offset": self.token_offset}
+        held = np.stack(self._held) if self._held else np.empty((0, self.seq_len), dtype=np.int64)  # (H, T)
+        return {"kind": "stream", "epoch": self.epoch, "docs_consumed": self.docs_consumed,
+                "token_offset": self.token_offset, "draws": self.draws, "held": held}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "stream":
             raise CorpusError(f"group {self.group!r}: checkpoint data position is {state.get('kind')!r}, not streaming")
         self.epoch, self.docs_consumed, self.token_offset = state["epoch"], state["docs_consumed"], state["token_offset"]
+        self.draws = state.get("draws", 0)
+        self._held = [np.array(row) for row in state.get("held", [])]
         self._docs = None
         self._tokens = None
 

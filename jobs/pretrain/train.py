@@ -85,6 +85,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     shuffle_buffer: int = 1000
+    sequence_shuffle: int = 64  # packed sequences held and drawn at random (streaming mode)
     tokenizer_train_docs: int = 50_000
     pretokenize: bool = False
     compile: bool = False
@@ -156,8 +157,8 @@ def check_settings(config: TrainConfig) -> ModelPreset:
         )
     if not 0 < config.lr < 1:
         raise PretrainError(f"--lr must be in (0, 1), got {config.lr}")
-    if config.warmup_steps < 0 or config.shuffle_buffer < 0 or config.grad_clip < 0 or config.weight_decay < 0:
-        raise PretrainError("--warmup-steps, --shuffle-buffer, --grad-clip and --weight-decay must be >= 0")
+    if min(config.warmup_steps, config.shuffle_buffer, config.sequence_shuffle, config.grad_clip, config.weight_decay) < 0:
+        raise PretrainError("--warmup-steps, --shuffle-buffer, --sequence-shuffle, --grad-clip and --weight-decay must be >= 0")
     if not (0 <= config.beta1 < 1 and 0 <= config.beta2 < 1 and config.eps > 0):
         raise PretrainError("Adam betas must be in [0, 1) and eps > 0")
     if not 0 <= config.heldout_fraction < 1:
@@ -183,6 +184,7 @@ def run_identity(config: TrainConfig, preset: ModelPreset, tokenizer_fp: str) ->
         "mix_by": config.mix_by,
         "heldout_fraction": config.heldout_fraction,
         "pretokenize": config.pretokenize,
+        "sequence_shuffle": config.sequence_shuffle,
         "optimizer": {"lr": config.lr, "warmup_steps": config.warmup_steps, "weight_decay": config.weight_decay,
                       "betas": [config.beta1, config.beta2], "eps": config.eps},
     }
@@ -415,6 +417,7 @@ def build_train_data(config: TrainConfig, tokenizer, rank: int, world: int) -> D
             groups[group] = D.StreamingGroup(
                 spec=spec, group=group, tokenizer=tokenizer, seq_len=config.sequence_length, seed=config.seed,
                 rank=rank, world_size=world, shuffle_buffer=config.shuffle_buffer,
+                sequence_shuffle=config.sequence_shuffle,
             )
     return D.SequenceMixer(groups, weights, config.seed)
 

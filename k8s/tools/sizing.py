@@ -1,7 +1,7 @@
 """The sizing table of k8s/README.md: nodes needed to score 600B RefinedWeb tokens in one day.
 
 Computed from the measured benchmark results (bench/results/score.json: `edufilter score` end to
-end; bench/results/classifier.json: the embedding Scorer on CPU; bench/results/score_gpu.json when
+end; bench/results/classifier*.json: the embedding Scorer on CPU; bench/results/score_gpu.json when
 the embedding scorer was measured on a GPU) and, where no measurement exists, from a stated FLOP
 estimate. Every figure says which it is.
 
@@ -75,15 +75,18 @@ def table(results: Path = REPO / "bench" / "results") -> str:
          f"{cores_by_docs:.1f} cores (by documents; {cores_by_bytes:.1f} by bytes)",
          f"{math.ceil(cores_needed / CPU_NODE_VCPUS)} x {CPU_NODE_VCPUS}-vCPU node"),
     ]
-    classifier_file = results / "classifier.json"
-    embedding_cpu = json.loads(classifier_file.read_text(encoding="utf-8")).get("speed", {}).get("embedding") \
-        if classifier_file.is_file() else None
+    embedding_cpu, classifier_file = None, None
+    for name in ("classifier.json", "classifier_embedding.json"):  # the classifier benchmark's outputs
+        path = results / name
+        if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("speed", {}).get("embedding"):
+            embedding_cpu, classifier_file = json.loads(path.read_text(encoding="utf-8"))["speed"]["embedding"], path
+            break
     if embedding_cpu:
         per_core = embedding_cpu["docs_per_s"] / embedding_cpu["torch_threads"]
         needed = docs_per_s_needed / per_core
         rows.append(("embedding (CPU)", f"{per_core:,.1f} docs/s per core ({embedding_cpu['docs_per_s']:.1f} docs/s "
                      f"on {embedding_cpu['torch_threads']} torch threads, up to {embedding_cpu['max_chunks']} windows)",
-                     "**measured** on CPU: the embedding Scorer alone, bench/results/classifier.json",
+                     f"**measured** on CPU: the embedding Scorer alone, bench/results/{classifier_file.name}",
                      f"{needed:,.0f} cores", f"{math.ceil(needed / CPU_NODE_VCPUS):,} x {CPU_NODE_VCPUS}-vCPU nodes"))
     gpu_file = results / "score_gpu.json"
     if gpu_file.is_file():

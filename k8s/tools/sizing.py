@@ -135,7 +135,7 @@ def table(results: Path = REPO / "bench" / "results") -> str:
         "headroom) and `EDUFILTER_NUM_GPUS` to \"1\".",
         "- Either way, the GPU nodes need CPUs to read shards and count tokens: the CPU pipeline's cost beyond "
         f"the bare scorer was {overhead_s:.1f} s for {score['input_10x']['documents']:,} documents on {cores} cores "
-        f"(bench/results/score.json), i.e. about {overhead_cores:.0f} cores for {docs_per_s_needed:,.0f} documents/s "
+        f"(bench/results/score.json), i.e. about {overhead_cores:.1f} cores for {docs_per_s_needed:,.0f} documents/s "
         "(an estimate: the stages overlap), so keep the `cpu` worker group beside the `gpu` group.",
         END,
     ]

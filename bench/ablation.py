@@ -15,7 +15,7 @@ Honesty rules this script enforces:
     "random" a seeded random sample; both runs share tokenizer, initial weights, data mix,
     optimiser and step count.
 
-    python bench/ablation.py [--steps 150] [--budget-fraction 0.33] [--work DIR]
+    python bench/ablation.py [--steps 400] [--budget-fraction 0.33] [--work DIR]
 
 Writes bench/results/ablation.json and bench/results/ablation.png (both loss curves).
 """
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                         " reuse one to resume)")
     parser.add_argument("--results", default=str(REPO / "bench" / "results"), help="where ablation.json/.png go")
     parser.add_argument("--preset", default="small", help="model preset for both arms (default small)")
-    parser.add_argument("--steps", type=int, default=150, help="optimiser steps per arm (default 150)")
+    parser.add_argument("--steps", type=int, default=400, help="optimiser steps per arm (default 400)")
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per step (default 8)")
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     parser.add_argument("--lr", type=float, default=1e-3,

@@ -6,7 +6,7 @@ calibration and the keep threshold are the same everywhere, and every score
 can be stamped with `scorer.model_id` / `scorer.version`.
 
 Score pipeline for one text:
-  normalize_text(text, max_chars, split_punctuation)
+  normalize_text(text, max_chars, split_punctuation, punctuation_to_space)
                                    -> "" for an empty document: score 0.0, no model call
   backend raw score                -> expected label (fastText, logistic), regression (ridge, forest)
   calibration                      -> monotone piecewise-linear map fitted on cross-validated
@@ -73,6 +73,8 @@ class Scorer:
         scoring = info["scoring"]
         self.max_chars = int(scoring["max_chars"])
         self.split_punctuation = bool(scoring.get("split_punctuation", False))
+        # absent in artefacts written before it existed: those were trained without it
+        self.punctuation_to_space = bool(scoring.get("punctuation_to_space", False))
         self.calibration = scoring.get("calibration")
         self.batch_size = int(scoring.get("batch_size", 1024))
         self.model_id: str = info.get("model_id", "unsaved")
@@ -117,7 +119,7 @@ class Scorer:
         """Score documents. Raises TypeError naming the position of a text that is not a str."""
         if isinstance(texts, str):
             raise TypeError("score() takes a sequence of texts, not one str")
-        normalized = normalize_texts(texts, self.max_chars, self.split_punctuation)
+        normalized = normalize_texts(texts, self.max_chars, self.split_punctuation, self.punctuation_to_space)
         return self.finish(self.raw_scores(normalized), normalized)
 
     def explain(self, text: str, top_k: int = 10) -> list[tuple[str, float]]:
@@ -127,27 +129,33 @@ class Scorer:
         TF-IDF: exact linear contributions (tf-idf weight x ridge coefficient), in units of the
         ridge output before calibration. fastText and embedding: occlusion, i.e. the change of
         the final score when every occurrence of the word is removed (embedding models try only
-        the 64 most frequent words, each costing one encoder pass).
+        the 64 most frequent words, each costing one encoder pass). Occluded words are the
+        document's own whitespace-separated words, lower-cased ("sunlight." as written, even
+        where the model reads "sunlight"), so a page can find and highlight them.
         """
         from classifier.text import normalize_text
 
-        norm = normalize_text(text, self.max_chars, self.split_punctuation)
+        norm = normalize_text(text, self.max_chars, self.split_punctuation, self.punctuation_to_space)
         if not norm:
             return []
         if self.kind == "tfidf":
             contrib = self.backend.term_contributions(norm)
         else:
-            contrib = self._occlusion(norm, max_terms=64 if self.kind == "embedding" else 2000)
+            words = normalize_text(text, self.max_chars).split()
+            contrib = self._occlusion(norm, words, max_terms=64 if self.kind == "embedding" else 2000)
         contrib.sort(key=lambda kv: (-abs(kv[1]), kv[0]))
         return contrib[:top_k]
 
-    def _occlusion(self, norm: str, max_terms: int) -> list[tuple[str, float]]:
-        tokens = norm.split()
+    def _occlusion(self, norm: str, words: list[str], max_terms: int) -> list[tuple[str, float]]:
         counts: dict[str, int] = {}
-        for t in tokens:
-            counts[t] = counts.get(t, 0) + 1
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
         terms = sorted(counts, key=lambda t: (-counts[t], t))[:max_terms]
-        variants = [" ".join(t for t in tokens if t != term) for term in terms]
+        # each variant goes through the model's own normalisation (a no-op without punctuation_to_space)
+        variants = normalize_texts(
+            [" ".join(w for w in words if w != term) for term in terms],
+            self.max_chars, self.split_punctuation, self.punctuation_to_space,
+        )
         full = self.finish(self.raw_scores([norm]), [norm]).score[0]
         reduced = self.finish(self.raw_scores(variants), variants).score
         return [(term, float(full - r)) for term, r in zip(terms, reduced)]

@@ -191,7 +191,7 @@ def encoder_tokens(model: Path, texts: list[str]) -> int:
 
     scorer = Scorer.load(model, device="cpu")
     encoder = scorer.backend.encoder
-    normalized = [t for t in normalize_texts(texts, scorer.max_chars) if t]
+    normalized = [t for t in normalize_texts(texts, scorer.max_chars, scorer.split_punctuation, scorer.punctuation_to_space) if t]
     windows = encoder._windows(normalized)  # the encoder's own windowing (a private helper: bench only)
     return sum(len(doc) for doc in windows) * encoder.seq_len
 

@@ -117,14 +117,25 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def save_png(fig, path: Path) -> str:
+    """Write a matplotlib figure atomically as PNG, close it, and return the path."""
+    import matplotlib.pyplot as plt
+
+    from edufilter.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return str(path)
+
+
 def write_plots(metrics: dict[str, Any], y_true: np.ndarray, score: np.ndarray, out_dir: str | os.PathLike) -> list[str]:
     """PNG of the confusion matrix and of the score distribution per true label; returns the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from edufilter.io import atomic_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,12 +153,7 @@ def write_plots(metrics: dict[str, Any], y_true: np.ndarray, score: np.ndarray, 
     ax.set_xticks(range(6))
     ax.set_yticks(range(6))
     ax.set_title(f"{name}\nF1@3={metrics['f1_at_3']:.3f} macro-F1={metrics['macro_f1']:.3f}", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / f"{name}.confusion.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    paths.append(str(path))
+    paths.append(save_png(fig, out_dir / f"{name}.confusion.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     groups = [score[y_true == k] for k in range(6)]
@@ -162,10 +168,5 @@ def write_plots(metrics: dict[str, Any], y_true: np.ndarray, score: np.ndarray, 
     ax.set_ylim(-0.2, 5.2)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(f"{name}: score by true label (Spearman {metrics['spearman']:.3f})", fontsize=9)
-    fig.tight_layout()
-    path = out_dir / f"{name}.scores.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    paths.append(str(path))
+    paths.append(save_png(fig, out_dir / f"{name}.scores.png"))
     return paths
